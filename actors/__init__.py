@@ -1,0 +1,1 @@
+"""rayalign Ray actors: one role per module."""

@@ -1,0 +1,1 @@
+"""rayalign stage drivers, the CLI, configs and data handling."""

@@ -1,0 +1,104 @@
+"""The `rayalign` command line: a thin dispatcher onto the stage drivers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipelines.config import ConfigError
+from pipelines.data_io import DataError
+
+
+def _cmd_init_model(args: argparse.Namespace) -> None:
+    from pipelines.model_factory import init_model
+
+    out = init_model(args.preset, args.out, seed=args.seed)
+    print(f"wrote {args.preset} model to {out}")
+
+
+def _cmd_data_make(args: argparse.Namespace) -> None:
+    from pipelines.config import parse_override
+    from pipelines.tasks import build_task
+    from pipelines.tasks.splits import write_task_data
+
+    options = {}
+    for text in args.option:
+        parts, value = parse_override(text)
+        options[".".join(parts)] = value
+    task = build_task(args.task, options)
+    manifest = write_task_data(
+        task, args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test
+    )
+    print(
+        f"wrote task {args.task!r} to {args.out}: " + ", ".join(sorted(manifest["files"].values()))
+    )
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from pipelines.evaluate import evaluate, write_result
+
+    result = evaluate(args.model, args.data, engine=args.engine, max_new_tokens=args.max_new_tokens)
+    out = args.out or (
+        Path(args.model) / f"eval_{Path(args.data).stem}.json"
+        if Path(args.model).is_dir()
+        else Path(f"eval_{Path(args.data).stem}.json")
+    )
+    write_result(result, out)
+    print(json.dumps({"accuracy": result.accuracy, "correct": result.correct, "n": result.n}))
+    print(
+        f"held-out exact-match accuracy: {result.accuracy:.3f} ({result.correct}/{result.n}); wrote {out}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rayalign", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "init-model", help="write a random-weight model directory with a local tokenizer"
+    )
+    p.add_argument("--preset", default="tiny", help="tiny | small | medium")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_init_model)
+
+    data = sub.add_parser("data", help="task data").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data.add_parser("make", help="generate a task's train/test splits in TRL formats")
+    p.add_argument("--task", default="arithmetic", help="arithmetic | reversal")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=2000)
+    p.add_argument("--n-test", type=int, default=200)
+    p.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable"
+    )
+    p.set_defaults(func=_cmd_data_make)
+
+    p = sub.add_parser("eval", help="held-out exact-match accuracy with greedy decoding")
+    p.add_argument("--model", required=True, help="HF model id or checkpoint directory")
+    p.add_argument("--data", required=True, help="a prompts split, e.g. DIR/prompts_test.jsonl")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument(
+        "--out", help="JSON result path (default: eval_<data>.json in the model directory)"
+    )
+    p.set_defaults(func=_cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError, ValueError) as err:
+        print(f"rayalign: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

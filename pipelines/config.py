@@ -1,0 +1,150 @@
+"""Typed stage configs loaded from YAML with `key=value` overrides.
+
+Every stage has one pydantic model built from the shared pieces below. Unknown keys
+and wrong types fail on load with a `ConfigError` naming the field and where its
+value came from (the file, or the command-line override).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names field and source."""
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    name_or_path: str = Field(description="HF model id or local directory of the starting model.")
+    revision: str | None = Field(
+        None, description="Git revision of a hub model (branch, tag or commit)."
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Allow model code from the model repository to run. Off unless you trust it.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype for training and inference; bfloat16 on GPUs."
+    )
+
+
+class DataConfig(Strict):
+    train: str = Field(description="Training data: a .jsonl/.parquet file or an HF dataset name.")
+    eval: str | None = Field(None, description="Held-out data of the same format, or none.")
+    prompts_eval: str | None = Field(
+        None,
+        description="Held-out prompts with ground truth (prompts_test.jsonl) for exact-match accuracy.",
+    )
+    max_length: int = Field(
+        256, ge=8, description="Longest tokenized sequence; longer rows are truncated."
+    )
+
+
+class RunConfig(Strict):
+    name: str = Field(
+        description="Run name; rerunning with the same name resumes it.",
+        pattern=r"^[A-Za-z0-9._-]+$",
+    )
+    storage_path: str = Field(
+        "runs", description="Directory (or URI) holding runs, checkpoints and the registry."
+    )
+    seed: int = Field(0, description="Random seed for data order and initialisation.")
+
+
+class ResourcesConfig(Strict):
+    num_workers: int = Field(1, ge=1, description="Data-parallel training workers.")
+    use_gpu: bool = Field(
+        False, description="One GPU per worker, NCCL backend; gloo on CPU otherwise."
+    )
+    cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs reserved per worker.")
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b=value` into (["a", "b"], value) with the value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def _set_path(data: dict[str, Any], parts: list[str], value: Any, origin: str) -> None:
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; parse errors name the file, line and column."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{p}:{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{p}: the top level must be a mapping of sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def load_config(cls: type[C], path: str | Path | None, overrides: list[str] = ()) -> C:
+    """Load `cls` from the YAML file at `path` (or nothing) with `key=value` overrides applied.
+
+    Raises:
+        ConfigError: naming each bad field, its value's source and what was expected.
+    """
+    data = read_yaml(path) if path is not None else {}
+    source_of: dict[str, str] = {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        _set_path(data, parts, value, f"override {text!r}")
+        source_of[".".join(parts)] = f"override {text!r}"
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        file_label = str(path) if path is not None else "defaults"
+        lines = []
+        for e in err.errors():
+            field = ".".join(str(x) for x in e["loc"]) or "(top level)"
+            source = source_of.get(field, file_label)
+            got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+            lines.append(f"  {field}: {e['msg']}{got} [{source}]")
+        raise ConfigError(
+            f"invalid {cls.__name__} config from {file_label}:\n" + "\n".join(lines)
+        ) from None
+
+
+def dump_config(config: BaseModel, path: str | Path) -> None:
+    """Write the resolved config next to a run's outputs, for provenance and resume."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,121 @@
+"""Held-out exact-match accuracy: greedy decoding through the chat template.
+
+Every stage reports this number (`rayalign eval`), so stages can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from pipelines.data_io import DataError, read_jsonl
+from pipelines.model_loading import load_causal_lm, load_tokenizer
+from pipelines.rewards import exact_match_reward
+
+
+@dataclass
+class EvalResult:
+    """Outcome of one evaluation; `samples` holds the first few (prompt, answer, truth)."""
+
+    model: str
+    data: str
+    engine: str
+    n: int
+    correct: int
+    accuracy: float
+    samples: list[dict] = field(default_factory=list)
+
+
+def read_prompts(path: str | Path) -> tuple[list[list[dict]], list[str]]:
+    """Prompts (as chat messages) and ground truths from a `prompts` split."""
+    conversations, truths = [], []
+    for i, row in enumerate(read_jsonl(path), start=1):
+        prompt, truth = row.get("prompt"), row.get("ground_truth")
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, list) or not prompt:
+            raise DataError(
+                f"{path}, row {i}, field 'prompt': expected a string or a list of messages"
+            )
+        if not isinstance(truth, str | int | float) or isinstance(truth, bool):
+            raise DataError(
+                f"{path}, row {i}, field 'ground_truth': expected a string, got {truth!r}"
+            )
+        conversations.append(prompt)
+        truths.append(str(truth))
+    return conversations, truths
+
+
+@torch.no_grad()
+def generate_hf(
+    model_path: str, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 64
+) -> list[str]:
+    """Greedy completions with transformers, batched with left padding."""
+    tok = load_tokenizer(model_path)
+    model = load_causal_lm(model_path)
+    texts = []
+    for start in range(0, len(conversations), batch_size):
+        batch = conversations[start : start + batch_size]
+        enc = tok.apply_chat_template(
+            batch, add_generation_prompt=True, return_tensors="pt", padding=True, return_dict=True
+        )
+        out = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        texts.extend(tok.batch_decode(new_tokens, skip_special_tokens=True))
+    return texts
+
+
+def generate_vllm(
+    model_path: str, conversations: list[list[dict]], max_new_tokens: int
+) -> list[str]:
+    """Greedy completions with vLLM (call under a __main__ guard or inside an actor)."""
+    from vllm import SamplingParams
+
+    from pipelines.vllm_engine import build_llm
+
+    llm = build_llm(model_path)
+    outputs = llm.chat(conversations, SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
+    return [o.outputs[0].text for o in outputs]
+
+
+def evaluate(
+    model_path: str,
+    data_path: str,
+    *,
+    engine: str = "hf",
+    max_new_tokens: int = 16,
+    n_samples: int = 5,
+) -> EvalResult:
+    """Exact-match accuracy of `model_path` on the `prompts` split at `data_path`."""
+    conversations, truths = read_prompts(data_path)
+    if engine == "hf":
+        answers = generate_hf(model_path, conversations, max_new_tokens)
+    elif engine == "vllm":
+        answers = generate_vllm(model_path, conversations, max_new_tokens)
+    else:
+        raise ValueError(f"engine must be 'hf' or 'vllm', got {engine!r}")
+    scores = [exact_match_reward(a, t) for a, t in zip(answers, truths, strict=True)]
+    correct = int(sum(s == 1.0 for s in scores))
+    samples = [
+        {"prompt": c[-1]["content"], "answer": a, "ground_truth": t}
+        for c, a, t in list(zip(conversations, answers, truths, strict=True))[:n_samples]
+    ]
+    return EvalResult(
+        model=str(model_path),
+        data=str(data_path),
+        engine=engine,
+        n=len(truths),
+        correct=correct,
+        accuracy=correct / len(truths),
+        samples=samples,
+    )
+
+
+def write_result(result: EvalResult, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(asdict(result), indent=2) + "\n")

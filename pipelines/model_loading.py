@@ -1,0 +1,47 @@
+"""Load any HF causal LM and its tokenizer, from the hub or a local directory."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(
+    name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    """Tokenizer with a pad token and a chat template, padding on the left for generation."""
+    tok = AutoTokenizer.from_pretrained(
+        name_or_path, revision=revision, trust_remote_code=trust_remote_code
+    )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        raise ValueError(
+            f"tokenizer of {name_or_path!r} has no chat template; rayalign's stages format "
+            "conversations with it. Use an instruct/chat tokenizer or set tokenizer.chat_template."
+        )
+    tok.padding_side = "left"
+    return tok
+
+
+def load_causal_lm(
+    name_or_path: str,
+    *,
+    dtype: str = "float32",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """A causal LM in eval mode with the given dtype (`float32`, `bfloat16`, `float16`)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=DTYPES[dtype], revision=revision, trust_remote_code=trust_remote_code
+    )
+    return model.eval()

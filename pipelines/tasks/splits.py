@@ -1,0 +1,116 @@
+"""Write a task's train/test splits in TRL's standard conversational formats.
+
+Files written to the output directory, each as `<format>_<split>.jsonl`:
+
+- `sft`: `{"messages": [user, assistant]}`
+- `preference`: `{"prompt": [user], "chosen": [assistant], "rejected": [assistant]}`
+- `unpaired` (KTO): `{"prompt": [user], "completion": [assistant], "label": bool}`
+- `prompts` (RL and eval): `{"prompt": [user], "ground_truth": str}`
+
+plus `manifest.json` recording the task, its options, the seed and the counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from pipelines.tasks import Task
+from pipelines.tasks.base import Example
+
+FORMATS = ("sft", "preference", "unpaired", "prompts")
+SPLITS = ("train", "test")
+
+
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _rows(task: Task, rng: random.Random, examples: list[Example]) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {f: [] for f in FORMATS}
+    for i, ex in enumerate(examples):
+        wrong = task.wrong_answer(rng, ex)
+        rows["sft"].append({"messages": _user(ex.question) + _assistant(ex.answer)})
+        rows["preference"].append(
+            {
+                "prompt": _user(ex.question),
+                "chosen": _assistant(ex.answer),
+                "rejected": _assistant(wrong),
+            }
+        )
+        # Alternate desirable/undesirable so KTO sees a balanced split.
+        good = i % 2 == 0
+        rows["unpaired"].append(
+            {
+                "prompt": _user(ex.question),
+                "completion": _assistant(ex.answer if good else wrong),
+                "label": good,
+            }
+        )
+        rows["prompts"].append({"prompt": _user(ex.question), "ground_truth": ex.answer})
+    return rows
+
+
+def draw_examples(task: Task, rng: random.Random, n: int, exclude: set[str]) -> list[Example]:
+    """Draw `n` examples with distinct questions, none of them in `exclude`."""
+    examples: list[Example] = []
+    seen = set(exclude)
+    attempts = 0
+    while len(examples) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(
+                f"task {task.name!r} could only produce {len(examples)} distinct examples of the "
+                f"{n} asked for; widen its options (e.g. a larger max_operand) or ask for fewer"
+            )
+        ex = task.sample(rng)
+        if ex.question in seen:
+            continue
+        seen.add(ex.question)
+        examples.append(ex)
+    return examples
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+def write_task_data(
+    task: Task, out_dir: str | Path, *, seed: int = 0, n_train: int = 2000, n_test: int = 200
+) -> dict[str, Any]:
+    """Generate train/test splits of `task` deterministically from `seed` into `out_dir`.
+
+    Test questions never occur in train. Returns the manifest that is also written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    test = draw_examples(task, rng, n_test, exclude=set())
+    train = draw_examples(task, rng, n_train, exclude={ex.question for ex in test})
+    files: dict[str, str] = {}
+    for split, examples in (("train", train), ("test", test)):
+        for fmt, rows in _rows(task, rng, examples).items():
+            name = f"{fmt}_{split}.jsonl"
+            _write_jsonl(out / name, rows)
+            files[f"{fmt}_{split}"] = name
+    manifest = {
+        "task": task.name,
+        "options": task.options.model_dump(),
+        "seed": seed,
+        "n_train": n_train,
+        "n_test": n_test,
+        "files": files,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

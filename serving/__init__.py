@@ -1,0 +1,1 @@
+"""rayalign Ray Serve apps and the checkpoint registry they read."""
