@@ -52,6 +52,25 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from pipelines.config import load_config
+    from pipelines.training import STAGES, run_stage
+
+    stage = STAGES[args.stage]()
+    config = load_config(stage.config_cls, args.config, args.overrides)
+    entry = run_stage(stage, config)
+    print(
+        json.dumps(
+            {
+                "registered": entry.name,
+                "path": entry.path,
+                "step": entry.step,
+                "metrics": entry.metrics,
+            }
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayalign", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,11 +106,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="JSON result path (default: eval_<data>.json in the model directory)"
     )
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("train", help="run a training stage as a Ray Train job")
+    p.add_argument("stage", choices=["sft", "reward_model", "dpo", "kto"])
+    p.add_argument("--config", required=True, help="stage YAML config")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. training.max_steps=50",
+    )
+    p.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        bad = [x for x in extra if "=" not in x or x.startswith("-")]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except (ConfigError, DataError, ValueError) as err:

@@ -1,0 +1,91 @@
+"""KTO (Kahneman-Tversky optimisation) on Ray Train with TRL's KTOTrainer.
+
+Learns from unpaired examples labelled desirable or undesirable; the reference is
+the frozen starting checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from pipelines.config import Strict
+from pipelines.datasets import load_rows, validate_rows
+from pipelines.measure import measure_chat
+from pipelines.training import Stage, StageConfig
+
+
+class KTOOptions(Strict):
+    beta: float = Field(
+        0.1, gt=0, description="KL strength: higher keeps the policy closer to the reference."
+    )
+    desirable_weight: float = Field(
+        1.0, gt=0, description="Loss weight of desirable (label true) examples."
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="Loss weight of undesirable (label false) examples."
+    )
+
+
+class KTOStageConfig(StageConfig):
+    kto: KTOOptions = Field(default_factory=KTOOptions, description="KTO options.")
+
+
+def validate_data(config: KTOStageConfig) -> None:
+    for source in filter(None, [config.data.train, config.data.eval]):
+        validate_rows(load_rows(source), "unpaired", source)
+    if config.data.preference_eval:
+        validate_rows(
+            load_rows(config.data.preference_eval), "preference", config.data.preference_eval
+        )
+
+
+def build_trainer(config: KTOStageConfig, args: dict[str, Any]):
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    from pipelines.model_loading import load_causal_lm, load_tokenizer
+
+    m = config.model
+    tokenizer = load_tokenizer(
+        m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code
+    )
+    model = load_causal_lm(
+        m.name_or_path, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code
+    )
+    model.train()
+    eval_args = (
+        {"eval_strategy": "steps", "eval_steps": config.training.save_steps}
+        if config.data.eval
+        else {}
+    )
+    kto_args = KTOConfig(
+        **args,
+        **eval_args,
+        beta=config.kto.beta,
+        desirable_weight=config.kto.desirable_weight,
+        undesirable_weight=config.kto.undesirable_weight,
+        max_length=config.data.max_length,
+    )
+    return KTOTrainer(
+        model=model,
+        args=kto_args,
+        train_dataset=Dataset.from_list(load_rows(config.data.train)),
+        eval_dataset=Dataset.from_list(load_rows(config.data.eval)) if config.data.eval else None,
+        processing_class=tokenizer,
+    )
+
+
+def measure(config: KTOStageConfig, checkpoint: str) -> dict[str, float]:
+    return measure_chat(config.data, checkpoint)
+
+
+def stage() -> Stage:
+    return Stage("kto", "chat", KTOStageConfig, validate_data, build_trainer, measure)
+
+
+if __name__ == "__main__":
+    from pipelines.training import stage_main
+
+    raise SystemExit(stage_main("kto"))

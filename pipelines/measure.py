@@ -1,0 +1,37 @@
+"""Held-out measurements every chat stage reports, so stages can be compared."""
+
+from __future__ import annotations
+
+from pipelines.config import DataConfig
+
+
+def preference_margin(checkpoint: str, preference_path: str) -> dict[str, float]:
+    """Mean held-out log-prob margin log p(chosen) - log p(rejected), and how often it is > 0."""
+    from pipelines.data_io import read_jsonl
+    from pipelines.logprobs import completion_logprobs
+    from pipelines.model_loading import load_causal_lm, load_tokenizer
+
+    rows = read_jsonl(preference_path)
+    model, tok = load_causal_lm(checkpoint), load_tokenizer(checkpoint)
+    prompts = [r["prompt"] for r in rows]
+    chosen = completion_logprobs(model, tok, prompts, [r["chosen"] for r in rows])
+    rejected = completion_logprobs(model, tok, prompts, [r["rejected"] for r in rows])
+    margin = chosen - rejected
+    return {
+        "heldout_margin": margin.mean().item(),
+        "heldout_pref_accuracy": (margin > 0).float().mean().item(),
+        "heldout_logp_chosen": chosen.mean().item(),
+        "heldout_logp_rejected": rejected.mean().item(),
+    }
+
+
+def measure_chat(data: DataConfig, checkpoint: str) -> dict[str, float]:
+    """Exact-match accuracy on `data.prompts_eval` and margins on `data.preference_eval`."""
+    metrics: dict[str, float] = {}
+    if data.prompts_eval:
+        from pipelines.evaluate import evaluate
+
+        metrics["heldout_accuracy"] = evaluate(checkpoint, data.prompts_eval).accuracy
+    if data.preference_eval:
+        metrics.update(preference_margin(checkpoint, data.preference_eval))
+    return metrics

@@ -1,0 +1,333 @@
+"""Run an offline stage (SFT, reward model, DPO, KTO) as a Ray Train job.
+
+A stage is a `Stage`: its config class, how to validate its data on the driver, how
+to build its TRL trainer on a worker, and how to measure its final checkpoint. This
+module does the rest for every stage: Ray Train `TorchTrainer` with data-parallel
+workers, checkpoints reported to Ray Train as self-contained HF directories, resume
+from the latest one (worker failure or rerun with the same name), held-out metrics,
+and registration in the run registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from pipelines.config import DataConfig, ModelConfig, ResourcesConfig, RunConfig, Strict
+from serving.registry import Registry, RegistryEntry
+
+FINAL_DIR = "final"
+
+
+class TrainingConfig(Strict):
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
+    global_batch_size: int = Field(
+        32,
+        ge=1,
+        description="Sequences per optimizer step summed over all workers and accumulation.",
+    )
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step."
+    )
+    max_steps: int = Field(100, ge=1, description="Optimizer steps to train.")
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="Fraction of steps of linear warm-up."
+    )
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    logging_steps: int = Field(
+        10, ge=1, description="Steps between logged metrics (progress, TensorBoard)."
+    )
+    save_steps: int = Field(
+        50, ge=1, description="Steps between checkpoints reported to Ray Train."
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Step checkpoints kept in storage (the final one is kept too)."
+    )
+    max_failures: int = Field(
+        2,
+        ge=-1,
+        description="Worker-group failures to recover from (from the latest checkpoint); -1 is unlimited.",
+    )
+
+
+class StageConfig(Strict):
+    """Fields every offline stage shares."""
+
+    model: ModelConfig = Field(description="The model training starts from.")
+    data: DataConfig = Field(description="Training and held-out data.")
+    run: RunConfig = Field(description="Run name, storage and seed.")
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig, description="Ray Train workers."
+    )
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation.")
+    register_as: str | None = Field(
+        None, description="Registry name of the final checkpoint (default: the run name)."
+    )
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> StageConfig:
+        per_step = self.resources.num_workers * self.training.gradient_accumulation_steps
+        if self.training.global_batch_size % per_step:
+            raise ValueError(
+                f"training.global_batch_size ({self.training.global_batch_size}) must be divisible by "
+                f"resources.num_workers x training.gradient_accumulation_steps ({per_step})"
+            )
+        return self
+
+    @property
+    def per_device_batch_size(self) -> int:
+        return self.training.global_batch_size // (
+            self.resources.num_workers * self.training.gradient_accumulation_steps
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.storage_path).resolve() / self.run.name
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a stage driver provides to `run_stage`."""
+
+    name: str
+    kind: Literal["chat", "reward"]
+    config_cls: type[StageConfig]
+    validate_data: Callable[[Any], None]
+    build_trainer: Callable[[Any, dict[str, Any]], Trainer]
+    measure: Callable[[Any, str], dict[str, float]]
+
+
+def trainer_args(config: StageConfig, output_dir: str) -> dict[str, Any]:
+    """Keyword arguments shared by every TRL `*Config` (a `TrainingArguments` subclass)."""
+    t = config.training
+    return {
+        "output_dir": output_dir,
+        "learning_rate": t.learning_rate,
+        "per_device_train_batch_size": config.per_device_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "max_steps": t.max_steps,
+        "warmup_steps": int(t.warmup_ratio * t.max_steps),
+        "lr_scheduler_type": t.lr_scheduler,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "logging_steps": t.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": 1,
+        "seed": config.run.seed,
+        "data_seed": config.run.seed,
+        "use_cpu": not config.resources.use_gpu,
+        "bf16": config.model.dtype == "bfloat16",
+        "fp16": config.model.dtype == "float16",
+        "report_to": ["tensorboard"],
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "ddp_find_unused_parameters": False,
+    }
+
+
+class ReportCallback(TrainerCallback):
+    """Reports each HF checkpoint to Ray Train (rank 0 uploads; every rank reports)."""
+
+    def __init__(self) -> None:
+        self.last_logs: dict[str, float] = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.last_logs.update(
+                {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
+            )
+
+    def on_save(self, args, state, control, **kwargs):
+        import ray.train
+
+        metrics = {**self.last_logs, "step": state.global_step}
+        ckpt_dir = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0 and ckpt_dir.is_dir():
+            checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir))
+        ray.train.report(
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_dir_name=f"checkpoint-{state.global_step:06d}",
+        )
+
+
+def _resume_dir(checkpoint) -> str | None:
+    """The HF checkpoint directory to resume from, if Ray Train has one."""
+    if checkpoint is None:
+        return None
+    path = checkpoint.path  # local storage: the persisted directory itself
+    return path if (Path(path) / "trainer_state.json").exists() else None
+
+
+def _record_attempt(run_dir: Path, resume: str | None, world_size: int) -> None:
+    """Append which step this (re)start of the worker group begins at to attempts.jsonl."""
+    step = 0
+    if resume:
+        step = int(json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"])
+        print(f"[rayalign] resuming from {resume} at step {step}", flush=True)
+    with open(run_dir / "attempts.jsonl", "a") as f:
+        f.write(
+            json.dumps({"time": time.time(), "start_step": step, "world_size": world_size}) + "\n"
+        )
+
+
+def _worker_loop(cfg: dict[str, Any]) -> None:
+    """Runs on each Ray Train worker: build the TRL trainer, train (or resume), export."""
+    import ray.train
+
+    stage = STAGES[cfg["stage"]]()
+    config = stage.config_cls.model_validate(cfg["config"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    output_dir = tempfile.mkdtemp(prefix=f"rayalign-{stage.name}-rank{rank}-")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(config.run_dir / "tensorboard")
+    trainer = stage.build_trainer(config, trainer_args(config, output_dir))
+    trainer.remove_callback(PrinterCallback)  # ProgressCallback prints a readable line instead
+    trainer.add_callback(ReportCallback())
+    if rank == 0:
+        from pipelines.progress import ProgressCallback
+
+        trainer.add_callback(ProgressCallback(stage.name))
+    resume = _resume_dir(ray.train.get_checkpoint())
+    if rank == 0:
+        _record_attempt(config.run_dir, resume, ctx.get_world_size())
+    trainer.train(resume_from_checkpoint=resume)
+
+    # The final checkpoint: weights, config, tokenizer and trainer state, no optimizer.
+    final = Path(output_dir) / FINAL_DIR
+    checkpoint = None
+    if rank == 0:
+        trainer.save_model(str(final))
+        trainer.state.save_to_json(str(final / "trainer_state.json"))
+        checkpoint = ray.train.Checkpoint.from_directory(str(final))
+    ray.train.report(
+        {"step": trainer.state.global_step, "final": 1.0},
+        checkpoint=checkpoint,
+        checkpoint_dir_name=FINAL_DIR,
+    )
+    shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def _import_stages() -> dict[str, Callable[[], Stage]]:
+    from pipelines import dpo, kto, reward_model, sft
+
+    return {
+        "sft": sft.stage,
+        "reward_model": reward_model.stage,
+        "dpo": dpo.stage,
+        "kto": kto.stage,
+    }
+
+
+class _LazyStages(dict):
+    def __missing__(self, key: str):
+        self.update(_import_stages())
+        return dict.__getitem__(self, key)
+
+
+STAGES: dict[str, Callable[[], Stage]] = _LazyStages()
+
+
+def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
+    """Validate data, train on Ray Train, measure and register the final checkpoint.
+
+    Returns:
+        The registry entry of the final checkpoint.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    stage.validate_data(config)  # bad data stops here, before any worker or checkpoint
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(
+        json.dumps({"stage": stage.name, **config.model_dump(mode="json")}, indent=2)
+    )
+    if not ray.is_initialized():
+        ray.init(runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}})
+
+    resources = {"CPU": config.resources.cpus_per_worker}
+    if config.resources.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"stage": stage.name, "config": config.model_dump(mode="json")},
+        torch_config=TorchConfig(backend="nccl" if config.resources.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=config.resources.num_workers,
+            use_gpu=config.resources.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=RayRunConfig(
+            name=config.run.name,
+            storage_path=str(run_dir.parent),
+            failure_config=FailureConfig(max_failures=config.training.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.training.keep_checkpoints + 1),
+        ),
+    )
+    result = trainer.fit()
+    final_path = _final_checkpoint_path(result)
+    step = int(json.loads((Path(final_path) / "trainer_state.json").read_text())["global_step"])
+    print(f"[{stage.name}] trained {step} steps; measuring {final_path}", flush=True)
+    metrics = ray.get(ray.remote(num_cpus=1)(stage.measure).remote(config, final_path))
+    metrics.update(
+        {
+            k: float(v)
+            for k, v in (result.metrics or {}).items()
+            if k not in {"final"} and isinstance(v, int | float)
+        }
+    )
+    entry = RegistryEntry(
+        name=config.register_as or config.run.name,
+        stage=stage.name,
+        kind=stage.kind,
+        path=str(final_path),
+        parent=config.model.name_or_path,
+        step=step,
+        metrics=metrics,
+    )
+    Registry(run_dir.parent).register(entry)
+    (run_dir / "result.json").write_text(json.dumps(entry.__dict__, indent=2))
+    print(
+        f"[{stage.name}] registered {entry.name!r}: "
+        + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())),
+        flush=True,
+    )
+    return entry
+
+
+def _final_checkpoint_path(result) -> str:
+    if result.error is not None:
+        raise result.error
+    ckpt = result.checkpoint
+    if ckpt is None or Path(ckpt.path).name != FINAL_DIR:
+        raise RuntimeError(f"training finished without a final checkpoint (latest: {ckpt})")
+    return ckpt.path
+
+
+def stage_main(stage_name: str, argv: list[str] | None = None) -> int:
+    """Entry point of `python -m pipelines.<stage> --config FILE [key=value ...]` (a Ray job)."""
+    import sys
+
+    from pipelines.cli import main
+
+    return main(["train", stage_name, *(sys.argv[1:] if argv is None else argv)])
