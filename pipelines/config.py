@@ -46,7 +46,8 @@ class DataConfig(Strict):
         description="Held-out prompts with ground truth (prompts_test.jsonl) for exact-match accuracy.",
     )
     preference_eval: str | None = Field(
-        None, description="Held-out preference pairs (preference_test.jsonl) for the log-prob margin."
+        None,
+        description="Held-out preference pairs (preference_test.jsonl) for the log-prob margin.",
     )
     max_length: int = Field(
         256, ge=8, description="Longest tokenized sequence; longer rows are truncated."

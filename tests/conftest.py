@@ -41,3 +41,64 @@ def ray_local():
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# An arithmetic variant a random `small` model learns in a few hundred CPU steps:
+# sums of operands 0..19 (400 distinct questions; 50 held out).
+EASY_ARITHMETIC = {"max_operand": 19, "ops": "+"}
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pipelines.model_factory import init_model
+
+    return init_model("small", tmp_path_factory.mktemp("models") / "small", seed=0)
+
+
+@pytest.fixture(scope="session")
+def easy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pipelines.tasks import build_task
+    from pipelines.tasks.splits import write_task_data
+
+    out = tmp_path_factory.mktemp("data") / "easy"
+    write_task_data(build_task("arithmetic", EASY_ARITHMETIC), out, seed=0, n_train=350, n_test=50)
+    return out
+
+
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Storage path shared by the session's stage runs (one registry)."""
+    return tmp_path_factory.mktemp("runs")
+
+
+def stage_config(stage_name: str, overrides: list[str]):
+    """Load configs/tiny/<stage>.yaml with test overrides through the real loader."""
+    from pipelines.config import load_config
+    from pipelines.training import STAGES
+
+    root = Path(__file__).resolve().parents[1]
+    stage = STAGES[stage_name]()
+    return stage, load_config(
+        stage.config_cls, root / "configs" / "tiny" / f"{stage_name}.yaml", overrides
+    )
+
+
+@pytest.fixture(scope="session")
+def sft_entry(ray_local, small_model, easy_data, runs_dir):
+    """The SFT stage run once from the random `small` model; DPO/KTO/RM/RL start from it."""
+    from pipelines.training import run_stage
+
+    stage, config = stage_config(
+        "sft",
+        [
+            f"model.name_or_path={small_model}",
+            f"data.train={easy_data / 'sft_train.jsonl'}",
+            "data.eval=null",
+            f"data.prompts_eval={easy_data / 'prompts_test.jsonl'}",
+            f"data.preference_eval={easy_data / 'preference_test.jsonl'}",
+            f"run.storage_path={runs_dir}",
+            "training.max_steps=1000",
+            "training.save_steps=500",
+        ],
+    )
+    return run_stage(stage, config)

@@ -1,0 +1,58 @@
+"""Small typed records that cross actor boundaries in the RL stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PromptRequest:
+    """One prompt to sample for; `index` is its position in the step's batch."""
+
+    index: int
+    messages: list[dict]
+    ground_truth: str | None = None
+
+
+@dataclass
+class Sample:
+    """One sampled completion.
+
+    Attributes:
+        index: the prompt's position in the step's batch.
+        prompt_ids: prompt token ids after the chat template.
+        completion_ids: sampled token ids (length T_i, ends with EOS unless truncated).
+        logprobs: [T_i] log-probs of `completion_ids` under the sampling policy.
+        text: decoded completion, special tokens removed.
+        finish_reason: "stop" or "length".
+        weight_version: version of the policy weights that sampled it.
+        worker: which generation worker produced it.
+    """
+
+    index: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: str
+    weight_version: int
+    worker: str = ""
+
+
+@dataclass
+class SamplingOptions:
+    """What `GenerationWorker.generate` samples with."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 16
+    seed: int | None = None
+
+
+@dataclass
+class WorkerInfo:
+    name: str
+    weight_version: int
+    alive: bool = True
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,163 @@
+"""RolloutPool: the elastic set of GenerationWorkers that samples a step's prompts.
+
+The pool splits a batch into chunks and hands them out as a work queue, so it
+can change size between chunks (`scale_to`), replace a worker that dies (its
+chunk goes back on the queue, a replacement loads the current weights first), and
+still return exactly one result set per prompt, in prompt order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from actors.batches import PromptRequest, Sample, SamplingOptions
+
+log = logging.getLogger(__name__)
+WORKER_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+@dataclass
+class PoolStats:
+    """What happened during the last `generate` call."""
+
+    chunks: int = 0
+    retried_chunks: int = 0
+    replaced_workers: int = 0
+    samples_per_worker: dict[str, int] = field(default_factory=dict)
+
+
+class RolloutPool:
+    """Owns GenerationWorker actors; used by the RL driver.
+
+    Args:
+        make_worker: `make_worker(name) -> actor handle` builds a GenerationWorker
+            with the initial policy (resources and engine options bound in).
+        num_workers: initial pool size.
+        chunk_size: prompts per work item; smaller chunks rebalance and rescale sooner.
+        target: optional `() -> int | None` polled between chunks (the run controller's
+            requested size), so a running step can grow or shrink the pool.
+    """
+
+    def __init__(
+        self,
+        make_worker: Callable[[str], Any],
+        num_workers: int = 1,
+        chunk_size: int = 8,
+        target: Callable[[], int | None] | None = None,
+    ) -> None:
+        if num_workers < 1:
+            raise ValueError("a rollout pool needs at least one worker")
+        self._make = make_worker
+        self._names = (f"gen-{i}" for i in itertools.count())
+        self.chunk_size = chunk_size
+        self._target = target
+        self.weights_ref: ray.ObjectRef | None = None
+        self.weight_version = 0
+        self.workers: dict[str, Any] = {}
+        self.stats = PoolStats()
+        self._add(num_workers)
+
+    # -- membership -------------------------------------------------------
+    def _add(self, count: int) -> None:
+        new = {next(self._names): None for _ in range(count)}
+        for name in new:
+            new[name] = self._make(name)
+        if self.weights_ref is not None:  # a new worker takes the current policy before any work
+            ray.get(
+                [w.load_weights.remote(self.weights_ref, self.weight_version) for w in new.values()]
+            )
+        else:
+            ray.get([w.ping.remote() for w in new.values()])
+        self.workers.update(new)
+
+    def _remove(self, name: str) -> None:
+        ray.kill(self.workers.pop(name), no_restart=True)
+
+    def scale_to(self, n: int, busy: set[str] = frozenset()) -> None:
+        """Grow or shrink to `n` workers. Busy workers are removed last (idle ones first)."""
+        if n < 1:
+            raise ValueError("a rollout pool needs at least one worker")
+        if n > len(self.workers):
+            self._add(n - len(self.workers))
+        while len(self.workers) > n:
+            idle = [name for name in self.workers if name not in busy]
+            if not idle:
+                break
+            self._remove(idle[-1])
+
+    @property
+    def size(self) -> int:
+        return len(self.workers)
+
+    # -- weights ----------------------------------------------------------
+    def load_weights(self, weights: dict, version: int) -> None:
+        """Push new policy weights to every worker (one object-store copy for all)."""
+        self.weights_ref = ray.put(weights)
+        self.weight_version = version
+        ray.get([w.load_weights.remote(self.weights_ref, version) for w in self.workers.values()])
+
+    # -- sampling ---------------------------------------------------------
+    def generate(
+        self, requests: list[PromptRequest], sampling: SamplingOptions
+    ) -> list[list[Sample]]:
+        """Samples for every request, `result[i]` holding the n samples of `requests[i]`."""
+        queue = deque(
+            requests[i : i + self.chunk_size] for i in range(0, len(requests), self.chunk_size)
+        )
+        results: dict[int, list[Sample]] = {}
+        inflight: dict[ray.ObjectRef, tuple[str, list[PromptRequest]]] = {}
+        self.stats = PoolStats(chunks=len(queue))
+        while queue or inflight:
+            self._apply_target(busy={name for name, _ in inflight.values()})
+            busy = {name for name, _ in inflight.values()}
+            for name in [n for n in self.workers if n not in busy]:
+                if not queue:
+                    break
+                chunk = queue.popleft()
+                inflight[self.workers[name].generate.remote(chunk, sampling)] = (name, chunk)
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            name, chunk = inflight.pop(done[0])
+            try:
+                samples = ray.get(done[0])
+            except WORKER_ERRORS as err:
+                log.warning(
+                    "generation worker %s died (%s); re-queueing %d prompts",
+                    name,
+                    type(err).__name__,
+                    len(chunk),
+                )
+                queue.appendleft(chunk)
+                self.stats.retried_chunks += 1
+                self._replace(name)
+                continue
+            for s in samples:
+                results.setdefault(s.index, []).append(s)
+            self.stats.samples_per_worker[name] = self.stats.samples_per_worker.get(name, 0) + len(
+                samples
+            )
+        return [results[r.index] for r in requests]
+
+    def _replace(self, name: str) -> None:
+        self.workers.pop(name, None)
+        self.stats.replaced_workers += 1
+        self._add(1)
+
+    def _apply_target(self, busy: set[str]) -> None:
+        if self._target is None:
+            return
+        wanted = self._target()
+        if wanted and wanted != len(self.workers):
+            log.info("scaling rollout pool %d -> %d", len(self.workers), wanted)
+            self.scale_to(wanted, busy)
+
+    def shutdown(self) -> None:
+        for name in list(self.workers):
+            self._remove(name)

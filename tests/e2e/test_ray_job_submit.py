@@ -1,0 +1,110 @@
+"""A stage submitted with `ray job submit` to a `ray start --head` cluster finishes and registers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def head_node(tmp_path):
+    """A real head node on loopback (dashboard and job API included), stopped afterwards."""
+    gcs_port, dash_port = _free_port(), _free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs_port}",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash_port}",
+            "--num-cpus=4",
+            f"--temp-dir={tmp_path / 'ray'}",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{dash_port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or head.poll() is not None:
+                os.killpg(head.pid, signal.SIGKILL)
+                raise AssertionError("the head node's job API did not come up") from None
+            time.sleep(1)
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_sft_as_ray_job(head_node, tiny_model, arithmetic_data, tmp_path):
+    address, env = head_node
+    storage = tmp_path / "runs"
+    proc = subprocess.run(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            str(REPO),
+            "--",
+            "python",
+            "-m",
+            "pipelines.sft",
+            "--config",
+            "configs/tiny/sft.yaml",
+            f"model.name_or_path={tiny_model}",
+            f"data.train={arithmetic_data / 'sft_train.jsonl'}",
+            "data.eval=null",
+            f"data.prompts_eval={arithmetic_data / 'prompts_test.jsonl'}",
+            "data.preference_eval=null",
+            f"run.storage_path={storage}",
+            "run.name=job-sft",
+            "training.max_steps=20",
+            "training.save_steps=10",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in proc.stdout
+    entry = json.loads((storage / "registry.json").read_text())["checkpoints"]["job-sft"]
+    assert entry["step"] == 20 and "heldout_accuracy" in entry["metrics"]
+    assert (Path(entry["path"]) / "model.safetensors").exists()

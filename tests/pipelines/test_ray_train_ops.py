@@ -1,0 +1,162 @@
+"""Ray Train operations: data parallelism, a killed worker, an interrupted driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import stage_config
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny_sft(model, data, runs_dir, name, *extra):
+    return stage_config(
+        "sft",
+        [
+            f"model.name_or_path={model}",
+            f"data.train={data / 'sft_train.jsonl'}",
+            "data.eval=null",
+            "data.prompts_eval=null",
+            "data.preference_eval=null",
+            f"run.storage_path={runs_dir}",
+            f"run.name={name}",
+            *extra,
+        ],
+    )
+
+
+def _losses(entry) -> list[float]:
+    state = json.loads((Path(entry.path) / "trainer_state.json").read_text())
+    return [h["loss"] for h in state["log_history"] if "loss" in h]
+
+
+def _attempts(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "attempts.jsonl").read_text().splitlines()]
+
+
+def test_two_workers_match_one_worker_curve(ray_local, tiny_model, arithmetic_data, runs_dir):
+    from pipelines.training import run_stage
+
+    curves = {}
+    for workers in (1, 2):
+        stage, config = _tiny_sft(
+            tiny_model,
+            arithmetic_data,
+            runs_dir,
+            f"dp{workers}",
+            f"resources.num_workers={workers}",
+            "resources.cpus_per_worker=1",
+            "training.max_steps=40",
+            "training.logging_steps=5",
+            "training.save_steps=40",
+            "training.global_batch_size=32",
+        )
+        curves[workers] = _losses(run_stage(stage, config))
+        assert _attempts(config.run_dir)[-1]["world_size"] == workers
+    one, two = curves[1], curves[2]
+    print("1 worker:", [round(x, 3) for x in one], "\n2 workers:", [round(x, 3) for x in two])
+    assert len(one) == len(two) == 8
+    assert one[-1] < 0.8 * one[0] and two[-1] < 0.8 * two[0]
+    rel = [abs(a - b) / a for a, b in zip(one, two, strict=True)]
+    assert max(rel) < 0.1
+
+
+def _train_worker_pids() -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))
+    ]
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_worker_resumes_from_last_checkpoint(
+    ray_local, tiny_model, arithmetic_data, runs_dir
+):
+    from pipelines.training import run_stage
+
+    stage, config = _tiny_sft(
+        tiny_model,
+        arithmetic_data,
+        runs_dir,
+        "failover",
+        "resources.num_workers=2",
+        "resources.cpus_per_worker=1",
+        "training.max_steps=400",
+        "training.save_steps=20",
+        "training.max_failures=2",
+    )
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(entry=run_stage(stage, config)))
+    thread.start()
+    _wait_for(lambda: (config.run_dir / "checkpoint-000020").is_dir(), 300, "the first checkpoint")
+    victims = _train_worker_pids()
+    assert victims, "no Ray Train worker process found"
+    os.kill(victims[-1], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert result["entry"].step == 400
+    attempts = _attempts(config.run_dir)
+    assert len(attempts) == 2 and attempts[0]["start_step"] == 0
+    assert attempts[1]["start_step"] >= 20 and attempts[1]["start_step"] % 20 == 0
+
+
+def test_interrupted_driver_rerun_resumes_at_saved_step(
+    ray_local, tiny_model, arithmetic_data, runs_dir
+):
+    import ray
+
+    _, config = _tiny_sft(tiny_model, arithmetic_data, runs_dir, "rerun")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.sft",
+        "--config",
+        str(Path(__file__).parents[2] / "configs/tiny/sft.yaml"),
+        f"model.name_or_path={tiny_model}",
+        f"data.train={arithmetic_data / 'sft_train.jsonl'}",
+        "data.eval=null",
+        "data.prompts_eval=null",
+        "data.preference_eval=null",
+        f"run.storage_path={runs_dir}",
+        "run.name=rerun",
+        "training.max_steps=300",
+        "training.save_steps=20",
+    ]
+    # Both drivers attach to the session's cluster; killing one ends its job like a lost driver.
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    first = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for(
+            lambda: (config.run_dir / "checkpoint-000020").is_dir(), 300, "the first checkpoint"
+        )
+        time.sleep(1.0)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    saved = sorted(p.name for p in config.run_dir.glob("checkpoint-*"))
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    attempts = _attempts(config.run_dir)
+    resumed_at = attempts[-1]["start_step"]
+    assert resumed_at > 0 and f"checkpoint-{resumed_at:06d}" in saved
+    assert json.loads(second.stdout.strip().splitlines()[-1])["step"] == 300
