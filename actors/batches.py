@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class PromptRequest:
@@ -56,3 +58,43 @@ class WorkerInfo:
     weight_version: int
     alive: bool = True
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainBatch:
+    """What the learner updates on. B sequences, T = longest completion; tensors right-padded.
+
+    Attributes:
+        prompt_ids / completion_ids: token lists per sequence.
+        mask: [B, T] 1.0 on completion tokens.
+        behaviour_logprobs: [B, T] log-probs under the policy that sampled (vLLM).
+        advantages: [B, T] per-token advantages.
+        ref_logprobs: [B, T] reference log-probs, for an in-loss KL term (else None).
+        returns / old_values: [B, T] value targets and the critic's values at sampling (PPO).
+    """
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    mask: torch.Tensor
+    behaviour_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    ref_logprobs: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+
+    def select(self, idx: list[int]) -> TrainBatch:
+        """The sub-batch of rows `idx` (minibatches and data-parallel shards)."""
+
+        def rows(t):
+            return None if t is None else t[idx]
+
+        return TrainBatch(
+            [self.prompt_ids[i] for i in idx],
+            [self.completion_ids[i] for i in idx],
+            self.mask[idx],
+            self.behaviour_logprobs[idx],
+            self.advantages[idx],
+            rows(self.ref_logprobs),
+            rows(self.returns),
+            rows(self.old_values),
+        )

@@ -56,9 +56,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from pipelines.config import load_config
     from pipelines.training import STAGES, run_stage
 
-    stage = STAGES[args.stage]()
-    config = load_config(stage.config_cls, args.config, args.overrides)
-    entry = run_stage(stage, config)
+    if args.stage == "ppo":
+        from pipelines.ppo import run_rl
+        from pipelines.ppo_config import PPOStageConfig
+
+        entry = run_rl(load_config(PPOStageConfig, args.config, args.overrides))
+    else:
+        stage = STAGES[args.stage]()
+        entry = run_stage(stage, load_config(stage.config_cls, args.config, args.overrides))
     print(
         json.dumps(
             {
@@ -108,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("train", help="run a training stage as a Ray Train job")
-    p.add_argument("stage", choices=["sft", "reward_model", "dpo", "kto"])
+    p.add_argument("stage", choices=["sft", "reward_model", "dpo", "kto", "ppo"])
     p.add_argument("--config", required=True, help="stage YAML config")
     p.add_argument(
         "overrides",

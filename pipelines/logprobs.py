@@ -62,3 +62,58 @@ def completion_logprobs(
         ).logits
         totals.append((token_logprobs(logits, input_ids.to(model.device)).cpu() * mask).sum(-1))
     return torch.cat(totals)
+
+
+def pad_sequences(
+    prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad prompt+completion token lists.
+
+    Returns:
+        input_ids [B, L], attention_mask [B, L], and completion_mask [B, L-1] that is 1
+        where position t predicts a completion token (t+1 inside the completion).
+    """
+    seqs = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(seqs), width - 1))
+    for i, (p, s) in enumerate(zip(prompt_ids, seqs, strict=True)):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        attention[i, : len(s)] = 1
+        completion_mask[i, len(p) - 1 : len(s) - 1] = 1.0
+    return input_ids, attention, completion_mask
+
+
+def gather_completions(
+    per_position: torch.Tensor, completion_mask: torch.Tensor, lengths: list[int]
+) -> torch.Tensor:
+    """Pack per-position values [B, L-1] into right-aligned-at-0 completion rows [B, T_max]."""
+    out = torch.zeros(
+        (per_position.shape[0], max(lengths) if lengths else 0), dtype=per_position.dtype
+    )
+    for i, n in enumerate(lengths):
+        out[i, :n] = per_position[i][completion_mask[i].bool()][:n]
+    return out
+
+
+def sequence_logprobs(
+    model,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    pad_id: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per-token log-probs of each completion, [B, T_max] right-padded with zeros.
+
+    Logits are divided by `temperature`, matching vLLM's processed log-probs. Runs
+    with the grad mode of the caller (the learner needs gradients, the reference not).
+    """
+    input_ids, attention, cmask = pad_sequences(prompt_ids, completion_ids, pad_id)
+    logits = model(
+        input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)
+    ).logits
+    if temperature != 1.0:
+        logits = logits / temperature
+    per_position = token_logprobs(logits, input_ids.to(model.device)).cpu()
+    return gather_completions(per_position, cmask, [len(c) for c in completion_ids])

@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
+from pipelines.cluster import init_ray
 from pipelines.config import DataConfig, ModelConfig, ResourcesConfig, RunConfig, Strict
 from serving.registry import Registry, RegistryEntry
 
@@ -262,8 +263,7 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
     (run_dir / "config.json").write_text(
         json.dumps({"stage": stage.name, **config.model_dump(mode="json")}, indent=2)
     )
-    if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}})
+    init_ray(config.resources.num_workers * config.resources.cpus_per_worker + 1)
 
     resources = {"CPU": config.resources.cpus_per_worker}
     if config.resources.use_gpu:

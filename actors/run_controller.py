@@ -1,0 +1,59 @@
+"""RunController: a named actor through which a running RL job is steered.
+
+`rayalign scale --run NAME --rollout-workers N` sets the wanted pool size here;
+the driver reads it between chunks of work and reports its progress back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import ray
+
+NAMESPACE = "rayalign"
+
+
+def controller_name(run_name: str) -> str:
+    return f"controller:{run_name}"
+
+
+class RunController:
+    def __init__(self, rollout_workers: int) -> None:
+        self.wanted = rollout_workers
+        self.status: dict = {"started": time.time()}
+
+    def set_rollout_workers(self, n: int) -> int:
+        if n < 1:
+            raise ValueError("rollout workers must be >= 1")
+        self.wanted = n
+        return n
+
+    def get_rollout_workers(self) -> int:
+        return self.wanted
+
+    def report(self, status: dict) -> None:
+        self.status.update(status)
+
+    def get_status(self) -> dict:
+        return {**self.status, "wanted_rollout_workers": self.wanted}
+
+
+def start_controller(run_name: str, rollout_workers: int):
+    """Create (or replace) the run's named controller, findable from any driver."""
+    name = controller_name(run_name)
+    with contextlib.suppress(ValueError):
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+    return (
+        ray.remote(num_cpus=0)(RunController)
+        .options(name=name, namespace=NAMESPACE)
+        .remote(rollout_workers)
+    )
+
+
+def find_controller(run_name: str):
+    """The controller of a running job, or a clear error naming the run."""
+    try:
+        return ray.get_actor(controller_name(run_name), namespace=NAMESPACE)
+    except ValueError:
+        raise ValueError(f"no running RL job named {run_name!r} on this cluster") from None

@@ -1,0 +1,156 @@
+"""Typed config of the RL stage (PPO, GRPO, RLOO). Defaults follow the field's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pipelines.config import ModelConfig, RunConfig, Strict
+
+
+class RLData(Strict):
+    prompts: str = Field(description="Training prompts with ground truth (prompts_train.jsonl).")
+    prompts_eval: str | None = Field(None, description="Held-out prompts for exact-match accuracy.")
+
+
+class AutoscaleConfig(Strict):
+    min_workers: int = Field(1, ge=1, description="Fewest rollout workers.")
+    max_workers: int = Field(2, ge=1, description="Most rollout workers.")
+    generation_share: float = Field(
+        0.6,
+        gt=0,
+        lt=1,
+        description="Grow the pool when generation takes more than this share of a step.",
+    )
+
+
+class RolloutConfig(Strict):
+    num_workers: int = Field(1, ge=1, description="vLLM generation workers at start.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs per generation worker.")
+    gpus_per_worker: float = Field(
+        0.0, ge=0, description="GPUs per generation worker (1 on GPU clusters)."
+    )
+    max_model_len: int = Field(256, ge=16, description="Longest prompt + completion in the engine.")
+    chunk_size: int = Field(8, ge=1, description="Prompts per work item handed to a worker.")
+    autoscale: AutoscaleConfig | None = Field(
+        None, description="Grow/shrink the pool by itself when set."
+    )
+
+
+class RewardsConfig(Strict):
+    reward_model: str | None = Field(
+        None, description="Reward-model checkpoint (the reward_model stage), or none."
+    )
+    reward_model_weight: float = Field(1.0, description="Weight of the learned reward.")
+    functions: dict[str, float] = Field(
+        default_factory=lambda: {"exact_match": 1.0},
+        description="Verifiable reward functions and their weights.",
+    )
+    num_scorers: int = Field(1, ge=1, description="RewardScorer actors sharing each batch.")
+
+
+class LearnerConfig(Strict):
+    num_learners: int = Field(
+        1, ge=1, description="Data-parallel learner actors (gloo on CPU, NCCL on GPU)."
+    )
+    cpus_per_learner: float = Field(1.0, gt=0, description="Logical CPUs per learner.")
+    gpus_per_learner: float = Field(0.0, ge=0, description="GPUs per learner.")
+
+
+class RLConfig(Strict):
+    algorithm: Literal["ppo", "grpo", "rloo"] = Field(
+        "grpo", description="ppo (critic + GAE), grpo or rloo."
+    )
+    steps: int = Field(20, ge=1, description="RL steps (one batch of prompts each).")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts sampled per step.")
+    group_size: int = Field(
+        4, ge=1, description="Completions per prompt (GRPO/RLOO groups; 1 is usual for PPO)."
+    )
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    max_new_tokens: int = Field(16, ge=1, description="Longest completion.")
+    learning_rate: float = Field(1e-6, gt=0, description="Policy learning rate.")
+    critic_learning_rate: float = Field(1e-5, gt=0, description="Critic learning rate (PPO).")
+    epochs: int = Field(1, ge=1, description="Passes over each step's batch.")
+    minibatch_size: int = Field(
+        16, ge=1, description="Sequences per optimizer step (all learners together)."
+    )
+    clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip.")
+    clip_eps_high: float | None = Field(
+        None, gt=0, description="Upper clip (DAPO clip-higher); default clip_eps."
+    )
+    dual_clip: float | None = Field(
+        None, gt=1, description="Dual-clip constant c for negative advantages."
+    )
+    value_clip_eps: float | None = Field(
+        0.2, gt=0, description="Critic value clip (PPO); none disables."
+    )
+    value_coef: float = Field(0.5, ge=0, description="Critic loss weight.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount (PPO GAE).")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    kl_coef: float = Field(0.05, ge=0, description="KL penalty coefficient against the reference.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="KL estimator (Schulman's k1/k2/k3)."
+    )
+    kl_in: Literal["reward", "loss"] = Field(
+        "reward",
+        description="KL as a per-token reward penalty (PPO style) or a loss term (GRPO style).",
+    )
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = Field(
+        "token_mean", description="How per-token losses reduce to a scalar."
+    )
+    grpo_scale_std: bool = Field(True, description="GRPO: divide advantages by the group's std.")
+    max_logprob_mismatch: float = Field(
+        0.05,
+        gt=0,
+        description="Stop if |vLLM - learner| mean log-prob gap on the same tokens exceeds this.",
+    )
+    async_mode: bool = Field(
+        False,
+        alias="async",
+        description="Overlap generation of step k+1 with the update of step k (1 step stale).",
+    )
+    importance_cap: float = Field(
+        2.0, gt=0, description="Truncation of importance weights in async mode."
+    )
+    save_steps: int = Field(
+        10, ge=1, description="Steps between checkpoints (registered as ppo-step-N)."
+    )
+    eval_steps: int = Field(10, ge=1, description="Steps between held-out evaluations.")
+    seed: int = Field(0, description="Sampling and shuffling seed.")
+
+    model_config = {"extra": "forbid", "populate_by_name": True}
+
+
+class PPOStageConfig(Strict):
+    model: ModelConfig = Field(description="Initial policy (normally the SFT checkpoint).")
+    reference: str | None = Field(
+        None, description="Frozen reference; default: the initial policy."
+    )
+    critic: str | None = Field(
+        None,
+        description="Critic initialisation for PPO; default: the reward model, else the policy.",
+    )
+    data: RLData = Field(description="Prompts.")
+    run: RunConfig = Field(description="Run name, storage and seed.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Generation pool.")
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="Reward scorers.")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Learners.")
+    rl: RLConfig = Field(default_factory=RLConfig, description="Algorithm.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PPOStageConfig:
+        if self.rl.algorithm in ("grpo", "rloo") and self.rl.group_size < 2:
+            raise ValueError(f"rl.group_size must be >= 2 for {self.rl.algorithm}")
+        if (
+            self.rollout.autoscale
+            and self.rollout.autoscale.min_workers > self.rollout.autoscale.max_workers
+        ):
+            raise ValueError("rollout.autoscale.min_workers must be <= max_workers")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.storage_path).resolve() / self.run.name
