@@ -76,6 +76,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_scale(args: argparse.Namespace) -> None:
+    import ray
+
+    from actors.run_controller import NAMESPACE, find_controller
+
+    ray.init(address=args.address or "auto", namespace=NAMESPACE, log_to_driver=False)
+    controller = find_controller(args.run)
+    if args.rollout_workers is not None:
+        ray.get(controller.set_rollout_workers.remote(args.rollout_workers))
+        print(f"run {args.run!r}: rollout workers -> {args.rollout_workers}")
+    print(json.dumps(ray.get(controller.get_status.remote()), default=str))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayalign", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="config overrides, e.g. training.max_steps=50",
     )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "scale", help="resize the rollout pool of a running RL job (and show its status)"
+    )
+    p.add_argument("--run", required=True, help="run name of the RL job")
+    p.add_argument("--rollout-workers", type=int, help="wanted number of generation workers")
+    p.add_argument("--address", help="Ray cluster address (default: the running cluster)")
+    p.set_defaults(func=_cmd_scale)
     return parser
 
 

@@ -26,6 +26,7 @@ class EvalResult:
     n: int
     correct: int
     accuracy: float
+    contains_answer: float = 0.0
     samples: list[dict] = field(default_factory=list)
 
 
@@ -101,6 +102,11 @@ def evaluate(
         raise ValueError(f"engine must be 'hf' or 'vllm', got {engine!r}")
     scores = [exact_match_reward(a, t) for a, t in zip(answers, truths, strict=True)]
     correct = int(sum(s == 1.0 for s in scores))
+    # The right answer anywhere in the text, e.g. "The answer is 95.": knowledge apart from format.
+    contains = sum(
+        exact_match_reward(a, t, partial_credit=0.5) > 0
+        for a, t in zip(answers, truths, strict=True)
+    )
     samples = [
         {"prompt": c[-1]["content"], "answer": a, "ground_truth": t}
         for c, a, t in list(zip(conversations, answers, truths, strict=True))[:n_samples]
@@ -112,6 +118,7 @@ def evaluate(
         n=len(truths),
         correct=correct,
         accuracy=correct / len(truths),
+        contains_answer=contains / len(truths),
         samples=samples,
     )
 

@@ -31,7 +31,9 @@ def measure_chat(data: DataConfig, checkpoint: str) -> dict[str, float]:
     if data.prompts_eval:
         from pipelines.evaluate import evaluate
 
-        metrics["heldout_accuracy"] = evaluate(checkpoint, data.prompts_eval).accuracy
+        result = evaluate(checkpoint, data.prompts_eval)
+        metrics["heldout_accuracy"] = result.accuracy
+        metrics["heldout_contains_answer"] = result.contains_answer
     if data.preference_eval:
         metrics.update(preference_margin(checkpoint, data.preference_eval))
     return metrics

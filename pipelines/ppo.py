@@ -272,7 +272,12 @@ class RLRun:
         t = time.perf_counter()
         metrics.update(self.update(batch))
         timings["update"] = time.perf_counter() - t
-        metrics.update(adv_metrics, reward=scores.mean().item(), tokens=float(mask.sum()))
+        metrics.update(
+            adv_metrics,
+            reward=scores.mean().item(),
+            tokens=float(mask.sum()),
+            samples=float(len(ro.samples)),
+        )
         return metrics
 
     # -- the loop -----------------------------------------------------------

@@ -43,9 +43,11 @@ def ray_local():
     ray.shutdown()
 
 
-# An arithmetic variant a random `small` model learns in a few hundred CPU steps:
-# sums of operands 0..19 (400 distinct questions; 50 held out).
-EASY_ARITHMETIC = {"max_operand": 19, "ops": "+"}
+# An arithmetic variant a random `small` model learns in about 1000 CPU steps: sums of
+# operands 0..19 (400 distinct questions; 50 held out). Half the SFT answers are
+# sentences ("The answer is 25."): SFT learns the sums but often breaks the bare-answer
+# format that exact match, preference data and RL then correct.
+EASY_ARITHMETIC = {"max_operand": 19, "ops": "+", "verbose_rate": 0.5}
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +101,23 @@ def sft_entry(ray_local, small_model, easy_data, runs_dir):
             f"run.storage_path={runs_dir}",
             "training.max_steps=1000",
             "training.save_steps=500",
+        ],
+    )
+    return run_stage(stage, config)
+
+
+@pytest.fixture(scope="session")
+def rm_entry(sft_entry, easy_data, runs_dir):
+    """The reward-model stage run once from the SFT checkpoint (PPO scores with it)."""
+    from pipelines.training import run_stage
+
+    stage, config = stage_config(
+        "reward_model",
+        [
+            f"model.name_or_path={sft_entry.path}",
+            f"data.train={easy_data / 'preference_train.jsonl'}",
+            f"data.eval={easy_data / 'preference_test.jsonl'}",
+            f"run.storage_path={runs_dir}",
         ],
     )
     return run_stage(stage, config)

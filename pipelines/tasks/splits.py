@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.tasks import Task
-from pipelines.tasks.base import Example
+from pipelines.tasks.base import Example, verbose_answer
 
 FORMATS = ("sft", "preference", "unpaired", "prompts")
 SPLITS = ("train", "test")
@@ -37,7 +37,9 @@ def _rows(task: Task, rng: random.Random, examples: list[Example]) -> dict[str, 
     rows: dict[str, list[dict]] = {f: [] for f in FORMATS}
     for i, ex in enumerate(examples):
         wrong = task.wrong_answer(rng, ex)
-        rows["sft"].append({"messages": _user(ex.question) + _assistant(ex.answer)})
+        verbose = rng.random() < task.options.verbose_rate
+        sft_answer = verbose_answer(ex.answer) if verbose else ex.answer
+        rows["sft"].append({"messages": _user(ex.question) + _assistant(sft_answer)})
         rows["preference"].append(
             {
                 "prompt": _user(ex.question),

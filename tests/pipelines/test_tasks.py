@@ -99,3 +99,18 @@ def test_wrong_answers_are_wrong(name):
     for _ in range(300):
         ex = task.sample(rng)
         assert task.wrong_answer(rng, ex) != ex.answer
+
+
+def test_verbose_rate_changes_only_sft_answers(tmp_path):
+    task = build_task("arithmetic", {"verbose_rate": 0.5})
+    write_task_data(task, tmp_path, n_train=400, n_test=10)
+    sft = [r["messages"][1]["content"] for r in _read(tmp_path / "sft_train.jsonl")]
+    truths = [r["ground_truth"] for r in _read(tmp_path / "prompts_train.jsonl")]
+    verbose = [a == f"The answer is {t}." for a, t in zip(sft, truths, strict=True)]
+    bare = [a == t for a, t in zip(sft, truths, strict=True)]
+    assert all(v or b for v, b in zip(verbose, bare, strict=True))
+    assert 0.4 < sum(verbose) / len(verbose) < 0.6
+    assert all(
+        r["chosen"][0]["content"] == t
+        for r, t in zip(_read(tmp_path / "preference_train.jsonl"), truths, strict=True)
+    )

@@ -1,0 +1,151 @@
+"""RL run operations on the tiny model: scaling while running, a killed generation
+worker, an interrupted driver resubmitted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pipelines.config import load_config
+from pipelines.ppo_config import PPOStageConfig
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+MECHANICS = [
+    "rl.steps=6",
+    "rl.prompts_per_step=8",
+    "rl.group_size=2",
+    "rl.max_new_tokens=4",
+    "rl.eval_steps=100",
+    "rl.save_steps=2",
+    "rollout.chunk_size=2",
+    "rollout.cpus_per_worker=0.5",
+]
+
+
+def _overrides(model, data, runs, name):
+    return [
+        f"model.name_or_path={model}",
+        f"data.prompts={data / 'prompts_train.jsonl'}",
+        "data.prompts_eval=null",
+        f"run.storage_path={runs}",
+        f"run.name={name}",
+        *MECHANICS,
+    ]
+
+
+def _config(model, data, runs, name) -> PPOStageConfig:
+    return load_config(
+        PPOStageConfig, ROOT / "configs/tiny/grpo.yaml", _overrides(model, data, runs, name)
+    )
+
+
+def _rows(config) -> list[dict]:
+    path = config.run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for_step(config, step: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(r["step"] >= step for r in _rows(config)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} never came")
+
+
+def _run_in_thread(config):
+    from pipelines.ppo import run_rl
+
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(entry=run_rl(config)))
+    thread.start()
+    return thread, out
+
+
+def _every_prompt_answered_once(config, rows):
+    assert [r["step"] for r in rows] == list(range(1, config.rl.steps + 1))
+    assert all(r["samples"] == config.rl.prompts_per_step * config.rl.group_size for r in rows)
+
+
+def test_scale_1_2_1_while_running(ray_local, tiny_model, arithmetic_data, runs_dir):
+    import ray
+
+    from actors.run_controller import find_controller
+
+    config = _config(tiny_model, arithmetic_data, runs_dir, "scale")
+    thread, out = _run_in_thread(config)
+    _wait_for_step(config, 1)
+    controller = find_controller("scale")
+    ray.get(controller.set_rollout_workers.remote(2))
+    _wait_for_step(config, 3)
+    ray.get(controller.set_rollout_workers.remote(1))
+    thread.join(timeout=600)
+    rows = _rows(config)
+    sizes = [r["rollout_workers"] for r in rows]
+    print("rollout workers per step:", sizes)
+    assert 2.0 in sizes and sizes[-1] == 1.0
+    _every_prompt_answered_once(config, rows)
+    assert out["entry"].step == 6
+
+
+def test_killed_generation_worker_mid_run(ray_local, tiny_model, arithmetic_data, runs_dir):
+    config = _config(tiny_model, arithmetic_data, runs_dir, "genkill")
+    thread, out = _run_in_thread(config)
+    _wait_for_step(config, 2)
+    victims = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any("GenerationWorker" in c for c in p.info["cmdline"] or [])
+    ]
+    assert victims
+    victims[0].kill()
+    thread.join(timeout=600)
+    _every_prompt_answered_once(config, _rows(config))
+    assert out["entry"].step == 6
+
+
+def test_interrupted_rl_run_resumes_at_saved_step(ray_local, tiny_model, arithmetic_data, runs_dir):
+    import ray
+
+    config = _config(tiny_model, arithmetic_data, runs_dir, "rl-rerun")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.ppo",
+        "--config",
+        str(ROOT / "configs/tiny/grpo.yaml"),
+        *_overrides(tiny_model, arithmetic_data, runs_dir, "rl-rerun"),
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    first = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        state = config.run_dir / "state.json"
+        deadline = time.time() + 300
+        while (
+            not (state.exists() and json.loads(state.read_text())["step"] >= 2)
+            and time.time() < deadline
+        ):
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    saved = json.loads(state.read_text())["step"]
+    assert saved in (2, 4)
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming at step {saved}" in second.stdout
+    steps = [r["step"] for r in _rows(config)]
+    assert steps[-(6 - saved) :] == list(range(saved + 1, 7))
+    assert json.loads(second.stdout.strip().splitlines()[-1])["step"] == 6
