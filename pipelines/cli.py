@@ -89,6 +89,12 @@ def _cmd_scale(args: argparse.Namespace) -> None:
     print(json.dumps(ray.get(controller.get_status.remote()), default=str))
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from pipelines.demo import run_demo
+
+    run_demo(args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayalign", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollout-workers", type=int, help="wanted number of generation workers")
     p.add_argument("--address", help="Ray cluster address (default: the running cluster)")
     p.set_defaults(func=_cmd_scale)
+
+    p = sub.add_parser(
+        "demo", help="run the whole pipeline on a local cluster with the small model"
+    )
+    p.add_argument(
+        "--out", default="runs/demo", help="storage path of the demo's runs and registry"
+    )
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -42,8 +42,8 @@ def test_sft_raises_heldout_accuracy(sft_entry, small_model, easy_data, runs_dir
         f"held-out exact match: base {base:.2f} -> sft {sft:.2f} (right answer in any format: {knows:.2f})"
     )
     assert base <= 0.05
-    assert sft >= 0.2
-    assert knows >= 0.5
+    assert sft >= 0.3  # 0.84 and 0.98 in two 1000-step runs when written
+    assert knows >= sft
     registered = Registry(runs_dir).get("sft")
     assert (
         registered.path == sft_entry.path and registered.stage == "sft" and registered.step == 1000

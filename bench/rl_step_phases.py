@@ -1,0 +1,81 @@
+"""Per-phase RL step time (generate, score, reference, update, sync) in sync and async
+mode, same model, prompts and settings, in one run. Prints medians and the ratio.
+
+    python -m bench.rl_step_phases [--preset small] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import ray
+
+from bench.common import model_dir, write
+
+
+def run_mode(
+    path: str, data: Path, storage: Path, steps: int, async_mode: bool
+) -> dict[str, float]:
+    from pipelines.config import load_config
+    from pipelines.ppo import run_rl
+    from pipelines.ppo_config import PPOStageConfig
+
+    name = "async" if async_mode else "sync"
+    config = load_config(
+        PPOStageConfig,
+        Path(__file__).parents[1] / "configs/tiny/grpo.yaml",
+        [
+            f"model.name_or_path={path}",
+            f"data.prompts={data / 'prompts_train.jsonl'}",
+            "data.prompts_eval=null",
+            f"run.storage_path={storage}",
+            f"run.name={name}",
+            f"rl.steps={steps}",
+            f"rl.save_steps={steps}",
+            f"rl.async={str(async_mode).lower()}",
+            "rl.eval_steps=1000",
+        ],
+    )
+    run_rl(config)
+    rows = [json.loads(x) for x in (config.run_dir / "metrics.jsonl").read_text().splitlines()][
+        1:
+    ]  # skip warm-up
+    keys = [k for k in rows[0] if k.startswith("time/")]
+    return {k.removeprefix("time/"): statistics.median(r[k] for r in rows) for k in keys}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from pipelines.tasks import build_task
+    from pipelines.tasks.splits import write_task_data
+
+    tmp = Path(tempfile.mkdtemp(prefix="rayalign-bench-"))
+    write_task_data(build_task("arithmetic"), tmp / "data", n_train=400, n_test=10)
+    path = model_dir(args.preset)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        sync = run_mode(path, tmp / "data", tmp / "runs", args.steps, False)
+        async_ = run_mode(path, tmp / "data", tmp / "runs", args.steps, True)
+    finally:
+        ray.shutdown()
+    write(
+        f"rl_step_phases_{args.preset}",
+        {
+            "config": vars(args),
+            "median_seconds": {"sync": sync, "async": async_},
+            "async_speedup_per_step": sync["step"] / async_["step"],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

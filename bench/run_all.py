@@ -1,0 +1,28 @@
+"""`make bench`: run every benchmark in turn; each writes bench/results/<name>.json."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHMARKS = [
+    ["bench.rollout_throughput", "--preset", "tiny"],
+    ["bench.rollout_throughput", "--preset", "small"],
+    ["bench.weight_sync"],
+    ["bench.rl_step_phases"],
+]
+
+
+def main() -> int:
+    failed = []
+    for bench in BENCHMARKS:
+        print(f"== {' '.join(bench)}", flush=True)
+        if subprocess.run([sys.executable, "-m", *bench]).returncode:
+            failed.append(bench[0])
+    if failed:
+        print(f"failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
