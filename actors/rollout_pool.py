@@ -99,10 +99,26 @@ class RolloutPool:
 
     # -- weights ----------------------------------------------------------
     def load_weights(self, weights: dict, version: int) -> None:
-        """Push new policy weights to every worker (one object-store copy for all)."""
+        """Push new policy weights to every worker (one object-store copy for all).
+
+        A worker that died meanwhile is replaced; its replacement starts on these weights.
+        """
         self.weights_ref = ray.put(weights)
         self.weight_version = version
-        ray.get([w.load_weights.remote(self.weights_ref, version) for w in self.workers.values()])
+        refs = {
+            name: w.load_weights.remote(self.weights_ref, version)
+            for name, w in self.workers.items()
+        }
+        for name, ref in refs.items():
+            try:
+                ray.get(ref)
+            except WORKER_ERRORS as err:
+                log.warning(
+                    "generation worker %s died during a weight sync (%s); replacing it",
+                    name,
+                    type(err).__name__,
+                )
+                self._replace(name)
 
     # -- sampling ---------------------------------------------------------
     def generate(

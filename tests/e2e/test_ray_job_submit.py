@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -26,7 +27,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture()
-def head_node(tmp_path):
+def head_node():
     """A real head node on loopback (dashboard and job API included), stopped afterwards."""
     gcs_port, dash_port = _free_port(), _free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
@@ -43,7 +44,8 @@ def head_node(tmp_path):
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash_port}",
             "--num-cpus=4",
-            f"--temp-dir={tmp_path / 'ray'}",
+            # A short temp dir: Ray's Unix sockets live under it (paths are capped at 107 bytes).
+            f"--temp-dir={tempfile.mkdtemp(prefix='ra-', dir='/tmp')}",
         ],
         env=env,
         start_new_session=True,
@@ -58,15 +60,17 @@ def head_node(tmp_path):
             break
         except OSError:
             if time.time() > deadline or head.poll() is not None:
-                os.killpg(head.pid, signal.SIGKILL)
+                if head.poll() is None:
+                    os.killpg(head.pid, signal.SIGKILL)
                 raise AssertionError("the head node's job API did not come up") from None
             time.sleep(1)
     yield address, env
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=60)
+        head.wait(timeout=15)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
 
 
 def test_sft_as_ray_job(head_node, tiny_model, arithmetic_data, tmp_path):

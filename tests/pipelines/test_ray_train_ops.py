@@ -159,4 +159,7 @@ def test_interrupted_driver_rerun_resumes_at_saved_step(
     attempts = _attempts(config.run_dir)
     resumed_at = attempts[-1]["start_step"]
     assert resumed_at > 0 and f"checkpoint-{resumed_at:06d}" in saved
-    assert json.loads(second.stdout.strip().splitlines()[-1])["step"] == 300
+    registered = next(
+        x for x in reversed(second.stdout.splitlines()) if x.startswith('{"registered"')
+    )
+    assert json.loads(registered)["step"] == 300

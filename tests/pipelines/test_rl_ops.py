@@ -72,6 +72,12 @@ def _run_in_thread(config):
     return thread, out
 
 
+def _registered(stdout: str) -> dict:
+    return json.loads(
+        next(x for x in reversed(stdout.splitlines()) if x.startswith('{"registered"'))
+    )
+
+
 def _every_prompt_answered_once(config, rows):
     assert [r["step"] for r in rows] == list(range(1, config.rl.steps + 1))
     assert all(r["samples"] == config.rl.prompts_per_step * config.rl.group_size for r in rows)
@@ -148,4 +154,4 @@ def test_interrupted_rl_run_resumes_at_saved_step(ray_local, tiny_model, arithme
     assert f"resuming at step {saved}" in second.stdout
     steps = [r["step"] for r in _rows(config)]
     assert steps[-(6 - saved) :] == list(range(saved + 1, 7))
-    assert json.loads(second.stdout.strip().splitlines()[-1])["step"] == 6
+    assert _registered(second.stdout)["step"] == 6
