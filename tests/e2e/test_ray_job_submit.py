@@ -30,6 +30,17 @@ def _free_port() -> int:
 def head_node():
     """A real head node on loopback (dashboard and job API included), stopped afterwards."""
     gcs_port, dash_port = _free_port(), _free_port()
+    # Every fixed default port gets a free one: the session's own local cluster may hold them.
+    extra_ports = [
+        f"--{name}={_free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "ray-client-server-port",
+            "runtime-env-agent-port",
+        )
+    ]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
@@ -46,6 +57,7 @@ def head_node():
             "--num-cpus=4",
             # A short temp dir: Ray's Unix sockets live under it (paths are capped at 107 bytes).
             f"--temp-dir={tempfile.mkdtemp(prefix='ra-', dir='/tmp')}",
+            *extra_ports,
         ],
         env=env,
         start_new_session=True,
