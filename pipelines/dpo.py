@@ -13,7 +13,7 @@ from pydantic import Field
 from pipelines.config import Strict
 from pipelines.datasets import load_rows, validate_rows
 from pipelines.measure import measure_chat
-from pipelines.training import Stage, StageConfig
+from pipelines.training import Stage, StageConfig, load_policy, trainer_datasets
 
 
 class DPOOptions(Strict):
@@ -41,28 +41,18 @@ def validate_data(config: DPOStageConfig) -> None:
 
 
 def build_trainer(config: DPOStageConfig, args: dict[str, Any]):
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from pipelines.model_loading import load_causal_lm, load_tokenizer
+    from pipelines.model_loading import load_causal_lm
 
-    m = config.model
-    tokenizer = load_tokenizer(
-        m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code
-    )
-    model = load_causal_lm(
-        m.name_or_path, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code
-    )
-    model.train()
-    ref = load_causal_lm(config.dpo.ref_model, dtype=m.dtype) if config.dpo.ref_model else None
-    eval_args = (
-        {"eval_strategy": "steps", "eval_steps": config.training.save_steps}
-        if config.data.eval
-        else {}
+    model, tokenizer = load_policy(config)
+    ref = (
+        load_causal_lm(config.dpo.ref_model, dtype=config.model.dtype)
+        if config.dpo.ref_model
+        else None
     )
     dpo_args = DPOConfig(
         **args,
-        **eval_args,
         beta=config.dpo.beta,
         loss_type=[config.dpo.loss_type],
         label_smoothing=config.dpo.label_smoothing,
@@ -72,9 +62,8 @@ def build_trainer(config: DPOStageConfig, args: dict[str, Any]):
         model=model,
         ref_model=ref,
         args=dpo_args,
-        train_dataset=Dataset.from_list(load_rows(config.data.train)),
-        eval_dataset=Dataset.from_list(load_rows(config.data.eval)) if config.data.eval else None,
         processing_class=tokenizer,
+        **trainer_datasets(config),
     )
 
 

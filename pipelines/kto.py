@@ -13,7 +13,7 @@ from pydantic import Field
 from pipelines.config import Strict
 from pipelines.datasets import load_rows, validate_rows
 from pipelines.measure import measure_chat
-from pipelines.training import Stage, StageConfig
+from pipelines.training import Stage, StageConfig, load_policy, trainer_datasets
 
 
 class KTOOptions(Strict):
@@ -42,38 +42,18 @@ def validate_data(config: KTOStageConfig) -> None:
 
 
 def build_trainer(config: KTOStageConfig, args: dict[str, Any]):
-    from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
-    from pipelines.model_loading import load_causal_lm, load_tokenizer
-
-    m = config.model
-    tokenizer = load_tokenizer(
-        m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code
-    )
-    model = load_causal_lm(
-        m.name_or_path, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code
-    )
-    model.train()
-    eval_args = (
-        {"eval_strategy": "steps", "eval_steps": config.training.save_steps}
-        if config.data.eval
-        else {}
-    )
+    model, tokenizer = load_policy(config)
     kto_args = KTOConfig(
         **args,
-        **eval_args,
         beta=config.kto.beta,
         desirable_weight=config.kto.desirable_weight,
         undesirable_weight=config.kto.undesirable_weight,
         max_length=config.data.max_length,
     )
     return KTOTrainer(
-        model=model,
-        args=kto_args,
-        train_dataset=Dataset.from_list(load_rows(config.data.train)),
-        eval_dataset=Dataset.from_list(load_rows(config.data.eval)) if config.data.eval else None,
-        processing_class=tokenizer,
+        model=model, args=kto_args, processing_class=tokenizer, **trainer_datasets(config)
     )
 
 

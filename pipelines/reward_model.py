@@ -14,7 +14,7 @@ from pydantic import Field
 
 from pipelines.config import Strict
 from pipelines.datasets import load_rows, validate_rows
-from pipelines.training import Stage, StageConfig
+from pipelines.training import Stage, StageConfig, trainer_datasets
 
 
 class RewardOptions(Strict):
@@ -69,28 +69,17 @@ def score(
 
 
 def build_trainer(config: RewardModelStageConfig, args: dict[str, Any]):
-    from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
     model, tokenizer = load_reward_model(config.model.name_or_path)
     tokenizer.padding_side = "right"
-    eval_args = (
-        {"eval_strategy": "steps", "eval_steps": config.training.save_steps}
-        if config.data.eval
-        else {}
-    )
     reward_args = RewardConfig(
         **args,
-        **eval_args,
         max_length=config.data.max_length,
         center_rewards_coefficient=config.reward.center_rewards_coefficient,
     )
     return RewardTrainer(
-        model=model,
-        args=reward_args,
-        train_dataset=Dataset.from_list(load_rows(config.data.train)),
-        eval_dataset=Dataset.from_list(load_rows(config.data.eval)) if config.data.eval else None,
-        processing_class=tokenizer,
+        model=model, args=reward_args, processing_class=tokenizer, **trainer_datasets(config)
     )
 
 

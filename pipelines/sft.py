@@ -15,7 +15,7 @@ from pydantic import Field
 from pipelines.config import Strict
 from pipelines.datasets import detect_sft_format, load_rows, validate_rows
 from pipelines.measure import measure_chat
-from pipelines.training import Stage, StageConfig
+from pipelines.training import Stage, StageConfig, load_policy, trainer_datasets
 
 
 class SFTOptions(Strict):
@@ -45,46 +45,21 @@ def validate_data(config: SFTStageConfig) -> None:
         validate_rows(rows, fmt, source, config.sft.text_field)
 
 
-def _dataset(source: str):
-    from datasets import Dataset
-
-    return Dataset.from_list(load_rows(source))
-
-
 def build_trainer(config: SFTStageConfig, args: dict[str, Any]):
     from trl import SFTConfig, SFTTrainer
 
-    from pipelines.model_loading import load_causal_lm, load_tokenizer
-
-    m = config.model
-    tokenizer = load_tokenizer(
-        m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code
-    )
-    model = load_causal_lm(
-        m.name_or_path, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code
-    )
-    model.train()
-    train = _dataset(config.data.train)
-    fmt = detect_sft_format(train[0], config.sft.text_field)
-    eval_args = {}
-    if config.data.eval:
-        eval_args = {"eval_strategy": "steps", "eval_steps": config.training.save_steps}
+    model, tokenizer = load_policy(config)
+    datasets = trainer_datasets(config)
+    fmt = detect_sft_format(datasets["train_dataset"][0], config.sft.text_field)
     sft_args = SFTConfig(
         **args,
-        **eval_args,
         max_length=config.data.max_length,
         dataset_text_field=config.sft.text_field,
         packing=config.sft.packing,
         assistant_only_loss=config.sft.completion_only and fmt == "language_modeling",
         completion_only_loss=config.sft.completion_only if fmt == "prompt_completion" else None,
     )
-    return SFTTrainer(
-        model=model,
-        args=sft_args,
-        train_dataset=train,
-        eval_dataset=_dataset(config.data.eval) if config.data.eval else None,
-        processing_class=tokenizer,
-    )
+    return SFTTrainer(model=model, args=sft_args, processing_class=tokenizer, **datasets)
 
 
 def measure(config: SFTStageConfig, checkpoint: str) -> dict[str, float]:

@@ -139,6 +139,34 @@ def trainer_args(config: StageConfig, output_dir: str) -> dict[str, Any]:
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "ddp_find_unused_parameters": False,
+        **({"eval_strategy": "steps", "eval_steps": t.save_steps} if config.data.eval else {}),
+    }
+
+
+def load_policy(config: StageConfig):
+    """The starting causal LM (in train mode) and its tokenizer, as the config names them."""
+    from pipelines.model_loading import load_causal_lm, load_tokenizer
+
+    m = config.model
+    tokenizer = load_tokenizer(
+        m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code
+    )
+    model = load_causal_lm(
+        m.name_or_path, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code
+    )
+    return model.train(), tokenizer
+
+
+def trainer_datasets(config: StageConfig) -> dict[str, Any]:
+    """`train_dataset` / `eval_dataset` keyword arguments for a TRL trainer."""
+    from datasets import Dataset
+
+    from pipelines.datasets import load_rows
+
+    evaluation = Dataset.from_list(load_rows(config.data.eval)) if config.data.eval else None
+    return {
+        "train_dataset": Dataset.from_list(load_rows(config.data.train)),
+        "eval_dataset": evaluation,
     }
 
 
