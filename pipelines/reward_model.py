@@ -71,6 +71,7 @@ def score(
 def build_trainer(config: RewardModelStageConfig, args: dict[str, Any]):
     from trl import RewardConfig, RewardTrainer
 
+    torch.manual_seed(config.run.seed)  # the new score head's initialisation
     model, tokenizer = load_reward_model(config.model.name_or_path)
     tokenizer.padding_side = "right"
     reward_args = RewardConfig(
