@@ -88,6 +88,16 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _committed_checkpoint(run_dir: Path) -> str | None:
+    """The latest checkpoint Ray Train has registered (its checkpoint manager snapshot)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+    except (OSError, ValueError):
+        return None
+    return json.dumps(latest) if latest else None
+
+
 def test_killed_worker_resumes_from_last_checkpoint(
     ray_local, tiny_model, arithmetic_data, runs_dir
 ):
@@ -107,7 +117,9 @@ def test_killed_worker_resumes_from_last_checkpoint(
     result = {}
     thread = threading.Thread(target=lambda: result.update(entry=run_stage(stage, config)))
     thread.start()
-    _wait_for(lambda: (config.run_dir / "checkpoint-000020").is_dir(), 300, "the first checkpoint")
+    # A checkpoint directory appears before Ray Train commits it; a kill in between rightly
+    # restarts from step 0. Wait until the controller's snapshot names a committed one.
+    _wait_for(lambda: _committed_checkpoint(config.run_dir), 300, "the first committed checkpoint")
     victims = _train_worker_pids()
     assert victims, "no Ray Train worker process found"
     os.kill(victims[-1], signal.SIGKILL)
