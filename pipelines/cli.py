@@ -29,7 +29,12 @@ def _cmd_data_make(args: argparse.Namespace) -> None:
         options[".".join(parts)] = value
     task = build_task(args.task, options)
     manifest = write_task_data(
-        task, args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test
+        task,
+        args.out,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        rejected_per_prompt=args.rejected_per_prompt,
     )
     print(
         f"wrote task {args.task!r} to {args.out}: " + ", ".join(sorted(manifest["files"].values()))
@@ -116,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=200)
+    p.add_argument(
+        "--rejected-per-prompt",
+        type=int,
+        default=1,
+        help="distinct wrong answers paired with each question in the preference split",
+    )
     p.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable"
     )

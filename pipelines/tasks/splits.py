@@ -33,20 +33,35 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-def _rows(task: Task, rng: random.Random, examples: list[Example]) -> dict[str, list[dict]]:
+def _wrong_answers(task: Task, rng: random.Random, ex: Example, first: str, k: int) -> list[str]:
+    """`k` distinct wrong answers starting with `first` (fewer if the task has no more)."""
+    wrong = [first]
+    for _ in range(20 * k):
+        if len(wrong) == k:
+            break
+        candidate = task.wrong_answer(rng, ex)
+        if candidate not in wrong:
+            wrong.append(candidate)
+    return wrong
+
+
+def _rows(
+    task: Task, rng: random.Random, examples: list[Example], rejected_per_prompt: int = 1
+) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {f: [] for f in FORMATS}
     for i, ex in enumerate(examples):
         wrong = task.wrong_answer(rng, ex)
         verbose = rng.random() < task.options.verbose_rate
         sft_answer = verbose_answer(ex.answer) if verbose else ex.answer
         rows["sft"].append({"messages": _user(ex.question) + _assistant(sft_answer)})
-        rows["preference"].append(
-            {
-                "prompt": _user(ex.question),
-                "chosen": _assistant(ex.answer),
-                "rejected": _assistant(wrong),
-            }
-        )
+        for rejected in _wrong_answers(task, rng, ex, wrong, rejected_per_prompt):
+            rows["preference"].append(
+                {
+                    "prompt": _user(ex.question),
+                    "chosen": _assistant(ex.answer),
+                    "rejected": _assistant(rejected),
+                }
+            )
         # Alternate desirable/undesirable so KTO sees a balanced split.
         good = i % 2 == 0
         rows["unpaired"].append(
@@ -89,12 +104,23 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write_task_data(
-    task: Task, out_dir: str | Path, *, seed: int = 0, n_train: int = 2000, n_test: int = 200
+    task: Task,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    n_train: int = 2000,
+    n_test: int = 200,
+    rejected_per_prompt: int = 1,
 ) -> dict[str, Any]:
     """Generate train/test splits of `task` deterministically from `seed` into `out_dir`.
 
-    Test questions never occur in train. Returns the manifest that is also written.
+    Test questions never occur in train, and the questions depend only on `seed` and the
+    counts. `rejected_per_prompt` > 1 pairs each question with that many distinct wrong
+    answers in the `preference` split (more contrast for a reward model). Returns the
+    manifest that is also written.
     """
+    if rejected_per_prompt < 1:
+        raise ValueError(f"rejected_per_prompt must be >= 1, got {rejected_per_prompt}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -102,7 +128,7 @@ def write_task_data(
     train = draw_examples(task, rng, n_train, exclude={ex.question for ex in test})
     files: dict[str, str] = {}
     for split, examples in (("train", train), ("test", test)):
-        for fmt, rows in _rows(task, rng, examples).items():
+        for fmt, rows in _rows(task, rng, examples, rejected_per_prompt).items():
             name = f"{fmt}_{split}.jsonl"
             _write_jsonl(out / name, rows)
             files[f"{fmt}_{split}"] = name
@@ -112,6 +138,7 @@ def write_task_data(
         "seed": seed,
         "n_train": n_train,
         "n_test": n_test,
+        "rejected_per_prompt": rejected_per_prompt,
         "files": files,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

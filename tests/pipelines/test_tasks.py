@@ -114,3 +114,27 @@ def test_verbose_rate_changes_only_sft_answers(tmp_path):
         r["chosen"][0]["content"] == t
         for r, t in zip(_read(tmp_path / "preference_train.jsonl"), truths, strict=True)
     )
+
+
+def test_rejected_per_prompt_pairs_each_question_with_distinct_wrong_answers(tmp_path):
+    task = build_task("arithmetic", {"max_operand": 19, "ops": "+"})
+    one, four = tmp_path / "one", tmp_path / "four"
+    write_task_data(task, one, seed=3, n_train=60, n_test=10)
+    manifest = write_task_data(task, four, seed=3, n_train=60, n_test=10, rejected_per_prompt=4)
+    assert manifest["rejected_per_prompt"] == 4
+    for split in SPLITS:
+        # Same questions either way; four pairs per question, each rejected answer wrong.
+        assert _read(one / f"prompts_{split}.jsonl") == _read(four / f"prompts_{split}.jsonl")
+        pairs = _read(four / f"preference_{split}.jsonl")
+        questions = [r["prompt"][0]["content"] for r in _read(one / f"prompts_{split}.jsonl")]
+        assert len(pairs) == 4 * len(questions)
+        by_question: dict[str, set[str]] = {}
+        for r in pairs:
+            assert r["rejected"][0]["content"] != r["chosen"][0]["content"]
+            by_question.setdefault(r["prompt"][0]["content"], set()).add(
+                r["rejected"][0]["content"]
+            )
+        assert set(by_question) == set(questions)
+        assert all(len(wrong) == 4 for wrong in by_question.values())
+    with pytest.raises(ValueError, match="rejected_per_prompt"):
+        write_task_data(task, tmp_path / "zero", rejected_per_prompt=0)
