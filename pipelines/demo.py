@@ -15,24 +15,34 @@ from pipelines.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "tiny"
-TASK_OPTIONS = {"max_operand": 19, "ops": "+", "verbose_rate": 0.5}
+# Sums of operands 0..19: the small model learns them in ~1000 CPU steps (verbose answers in
+# the SFT data stalled that learning, see tests/conftest.py).
+TASK_OPTIONS = {"max_operand": 19, "ops": "+"}
 
 
-def _prepare(out: Path) -> tuple[Path, Path]:
+def _prepare(out: Path) -> tuple[Path, Path, Path]:
+    """The base model, the task splits, and the same questions with four wrong answers each
+    (the reward model's pairs)."""
     from pipelines.model_factory import init_model
     from pipelines.tasks import build_task
     from pipelines.tasks.splits import write_task_data
 
-    base, data = out / "base", out / "data"
+    base, data, pairs = out / "base", out / "data", out / "data-pairs"
     if not (base / "model.safetensors").exists():
         print("[demo] building the small random model and its tokenizer", flush=True)
         init_model("small", base, seed=0)
-    if not (data / "manifest.json").exists():
-        print("[demo] writing the arithmetic task splits", flush=True)
-        write_task_data(
-            build_task("arithmetic", TASK_OPTIONS), data, seed=0, n_train=350, n_test=50
-        )
-    return base, data
+    for path, rejected in ((data, 1), (pairs, 4)):
+        if not (path / "manifest.json").exists():
+            print(f"[demo] writing the arithmetic task splits to {path}", flush=True)
+            write_task_data(
+                build_task("arithmetic", TASK_OPTIONS),
+                path,
+                seed=0,
+                n_train=350,
+                n_test=50,
+                rejected_per_prompt=rejected,
+            )
+    return base, data, pairs
 
 
 def _stage(name: str, overrides: list[str]):
@@ -56,7 +66,7 @@ def run_demo(out: str = "runs/demo") -> list[dict]:
     from serving.registry import Registry
 
     root = Path(out).resolve()
-    base, data = _prepare(root)
+    base, data, pairs = _prepare(root)
     init_ray(4)
     registry = Registry(root)
     d = f"data.prompts_eval={data / 'prompts_test.jsonl'}"
@@ -89,8 +99,8 @@ def run_demo(out: str = "runs/demo") -> list[dict]:
                 [
                     *common,
                     f"model.name_or_path={registry.get('sft').path}",
-                    f"data.train={data / 'preference_train.jsonl'}",
-                    f"data.eval={data / 'preference_test.jsonl'}",
+                    f"data.train={pairs / 'preference_train.jsonl'}",
+                    f"data.eval={pairs / 'preference_test.jsonl'}",
                 ],
             ),
         ),

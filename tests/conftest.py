@@ -67,6 +67,25 @@ def easy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def easy_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`easy_data`'s questions (same seed and counts) with four wrong answers per question in
+    the preference split: more contrast for the reward model and a 200-pair held-out set."""
+    from pipelines.tasks import build_task
+    from pipelines.tasks.splits import write_task_data
+
+    out = tmp_path_factory.mktemp("data") / "easy-pairs"
+    write_task_data(
+        build_task("arithmetic", EASY_ARITHMETIC),
+        out,
+        seed=0,
+        n_train=350,
+        n_test=50,
+        rejected_per_prompt=4,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Storage path shared by the session's stage runs (one registry)."""
     return tmp_path_factory.mktemp("runs")
@@ -106,7 +125,7 @@ def sft_entry(ray_local, small_model, easy_data, runs_dir):
 
 
 @pytest.fixture(scope="session")
-def rm_entry(sft_entry, easy_data, runs_dir):
+def rm_entry(sft_entry, easy_pairs, runs_dir):
     """The reward-model stage run once from the SFT checkpoint (PPO scores with it)."""
     from pipelines.training import run_stage
 
@@ -114,8 +133,8 @@ def rm_entry(sft_entry, easy_data, runs_dir):
         "reward_model",
         [
             f"model.name_or_path={sft_entry.path}",
-            f"data.train={easy_data / 'preference_train.jsonl'}",
-            f"data.eval={easy_data / 'preference_test.jsonl'}",
+            f"data.train={easy_pairs / 'preference_train.jsonl'}",
+            f"data.eval={easy_pairs / 'preference_test.jsonl'}",
             f"run.storage_path={runs_dir}",
         ],
     )
