@@ -155,9 +155,11 @@ class RLRun:
         idx = [order[(offset + i) % len(order)] for i in range(per_step)]
         return [PromptRequest(i, self.prompts[j], self.truths[j]) for i, j in enumerate(idx)]
 
-    def generate(self, requests: list[PromptRequest]) -> Rollouts:
+    def generate(self, requests: list[PromptRequest], n: int | None = None) -> Rollouts:
         sampling = SamplingOptions(
-            n=self.rl.group_size, temperature=self.rl.temperature, max_tokens=self.rl.max_new_tokens
+            n=n or self.rl.group_size,
+            temperature=self.rl.temperature,
+            max_tokens=self.rl.max_new_tokens,
         )
         grouped = self.pool.generate(requests, sampling)
         samples = [s for group in grouped for s in group]
@@ -222,6 +224,8 @@ class RLRun:
             completion_ids = [s.completion_ids for s in ro.samples]
             values = ray.get(self.learners[0].values.remote(prompt_ids, completion_ids))
             adv, returns = rl_math.compute_gae(token_r, values, mask, self.rl.gamma, self.rl.lam)
+            # The critic's fit on rollouts it has not trained on yet (verl's vf_explained_var).
+            metrics["value_explained_var"] = rl_math.explained_variance(values, returns, mask)
             adv = (adv - rl_math.masked_mean(adv, mask)) / (adv[mask.bool()].std() + 1e-8) * mask
             return adv, returns, values, metrics
         if self.rl.algorithm == "grpo":
@@ -281,10 +285,15 @@ class RLRun:
         return metrics
 
     # -- the loop -----------------------------------------------------------
-    def evaluate(self) -> float:
-        """Held-out exact-match accuracy, greedy through the rollout pool."""
+    def evaluate(self) -> dict[str, float]:
+        """Held-out exact-match accuracy (greedy) and mean reward of sampled completions.
+
+        The reward is the training objective measured on prompts the run never trains on:
+        `rl.eval_samples` completions per held-out prompt at the training temperature,
+        scored by the run's own scorers.
+        """
         if not self.config.data.prompts_eval:
-            return float("nan")
+            return {}
         convs, truths = read_prompts(self.config.data.prompts_eval)
         requests = [
             PromptRequest(i, c, t) for i, (c, t) in enumerate(zip(convs, truths, strict=True))
@@ -292,9 +301,16 @@ class RLRun:
         grouped = self.pool.generate(
             requests, SamplingOptions(n=1, temperature=0.0, max_tokens=self.rl.max_new_tokens)
         )
-        return sum(
+        accuracy = sum(
             exact_match_reward(g[0].text, t) == 1.0 for g, t in zip(grouped, truths, strict=True)
         ) / len(truths)
+        sampled = self.generate(requests, n=self.rl.eval_samples)
+        scores, _ = self.score(sampled)
+        return {"heldout_accuracy": accuracy, "heldout_reward": scores.mean().item()}
+
+    def record_eval(self, step: int, metrics: dict[str, float]) -> None:
+        with open(self.run_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
 
     def save(self, step: int) -> RegistryEntry:
         path = self.run_dir / f"checkpoint-{step:06d}"
@@ -326,7 +342,11 @@ class RLRun:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         self.controller.report.remote({"step": step, "rollout_workers": self.pool.size, **metrics})
-        acc = f" acc {metrics['heldout_accuracy']:.3f}" if "heldout_accuracy" in metrics else ""
+        acc = (
+            f" held-out acc {metrics['heldout_accuracy']:.3f} reward {metrics['heldout_reward']:.3f}"
+            if "heldout_accuracy" in metrics
+            else ""
+        )
         print(
             f"[{self.config.run.name}] step {step}/{self.rl.steps} reward {metrics['reward']:.3f} kl {metrics['kl']:.4f}"
             f" mismatch {metrics['logprob_mismatch']:.4f} workers {self.pool.size}{acc} ({timings['step']:.1f}s)",
@@ -352,6 +372,10 @@ class RLRun:
                 flush=True,
             )
         self.last_metrics: dict[str, float] = {}
+        if start == 0 and self.config.data.prompts_eval:
+            baseline = self.evaluate()  # the starting policy, for comparison
+            self.record_eval(0, baseline)
+            print(f"[{self.config.run.name}] before training: {baseline}", flush=True)
         executor = ThreadPoolExecutor(max_workers=1)
         ahead: Rollouts | None = None
         entry = None
@@ -370,7 +394,9 @@ class RLRun:
             self.sync_weights()
             timings["sync"] = time.perf_counter() - t
             if (step + 1) % self.rl.eval_steps == 0 or step + 1 == self.rl.steps:
-                metrics["heldout_accuracy"] = self.evaluate()
+                evaluation = self.evaluate()
+                metrics.update(evaluation)
+                self.record_eval(step + 1, evaluation)
             timings["step"] = time.perf_counter() - t0
             self.last_metrics = metrics
             self.log(step + 1, metrics, timings)

@@ -119,6 +119,9 @@ class RLConfig(Strict):
         10, ge=1, description="Steps between checkpoints (registered as ppo-step-N)."
     )
     eval_steps: int = Field(10, ge=1, description="Steps between held-out evaluations.")
+    eval_samples: int = Field(
+        4, ge=1, description="Sampled completions per held-out prompt for the held-out reward."
+    )
     seed: int = Field(0, description="Sampling and shuffling seed.")
 
     model_config = {"extra": "forbid", "populate_by_name": True}

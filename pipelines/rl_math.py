@@ -139,6 +139,16 @@ def value_loss(
     }
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over masked tokens: 1 is a perfect critic, 0 a constant one."""
+    m = mask.bool()
+    r, v = returns[m].double(), values[m].double()
+    var = r.var(unbiased=False)
+    if r.numel() < 2 or var == 0:
+        return float("nan")
+    return float(1.0 - (r - v).var(unbiased=False) / var)
+
+
 def compute_gae(
     rewards: torch.Tensor,
     values: torch.Tensor,

@@ -154,3 +154,14 @@ def test_truncated_importance_weights_and_token_rewards():
     kl = torch.full((2, 3), 0.5)
     r = M.token_rewards(torch.tensor([1.0, 2.0]), mask, kl, kl_coef=0.1)
     assert r.flatten().tolist() == pytest.approx([-0.05, 0.95, 0.0, -0.05, -0.05, 1.95])
+
+
+def test_explained_variance_hand_computed():
+    returns = torch.tensor([[1.0, 3.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the padded 9.0 is ignored
+    # Var(R) over {1, 3} = 1; a perfect critic explains all of it, a constant none.
+    assert M.explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert M.explained_variance(torch.full((1, 3), 2.0), returns, mask) == pytest.approx(0.0)
+    # V = {1.5, 2.5}: residuals {-0.5, 0.5}, variance 0.25 -> 1 - 0.25 / 1.
+    values = torch.tensor([[1.5, 2.5, 0.0]])
+    assert M.explained_variance(values, returns, mask) == pytest.approx(0.75)

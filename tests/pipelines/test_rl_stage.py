@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -84,15 +85,24 @@ def test_ppo_with_critic_and_reward_model(ray_local, sft_entry, rm_entry, easy_d
     )
     entry = run_rl(config)
     rows = _metrics(config)
-    rewards = [r["reward"] for r in rows]
-    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    evals = [json.loads(x) for x in (config.run_dir / "eval.jsonl").read_text().splitlines()]
+    ev = [r["value_explained_var"] for r in rows]
     print(
-        f"PPO mean RM reward {first:.3f} -> {last:.3f}; accuracy {sft_entry.metrics['heldout_accuracy']:.2f} -> "
-        f"{entry.metrics['heldout_accuracy']:.2f}; value loss",
-        [round(r["value_loss"], 3) for r in rows[::5]],
+        f"PPO held-out accuracy {sft_entry.metrics['heldout_accuracy']:.2f} -> "
+        f"{entry.metrics['heldout_accuracy']:.2f}; held-out RM reward",
+        [(e["step"], round(e["heldout_reward"], 3)) for e in evals],
+        "; critic explained variance",
+        [round(x, 2) for x in ev[::5]],
     )
-    # At lr 5e-5 the mean reward rose (1.635 -> 1.674) but accuracy collapsed (0.84 -> 0.30)
-    # against a 0.74-accurate reward model; the config now trains 5x slower with twice the KL.
+    # Held-out reward (50 unseen prompts x 4 samples) is measured before training and at
+    # every eval step. When written it moved 0.408 -> 0.469 (lr 1e-5) and 0.408 -> 0.471
+    # (lr 3e-5), within its noise: a clear rise against a 0.70-accurate reward model is still
+    # open. Faster settings (lr 2e-5, 2 epochs, 64 prompts) dropped accuracy 0.50 -> 0.26
+    # for 0.46 -> 0.50 reward: the weak reward model gets exploited.
+    assert [e["step"] for e in evals] == [0, 10, 20, 30]
+    assert all(math.isfinite(e["heldout_reward"]) for e in evals)
     assert entry.metrics["heldout_accuracy"] >= sft_entry.metrics["heldout_accuracy"] - 0.2
-    values = [r["value_loss"] for r in rows]
-    assert sum(values[-5:]) / 5 < 0.5 * sum(values[:5]) / 5  # the critic learns the returns
+    # The critic (initialised from the reward model) learns the returns of rollouts it has not
+    # yet trained on: explained variance -0.01 -> 0.56 (first vs last five steps) when written.
+    first, last = sum(ev[:5]) / 5, sum(ev[-5:]) / 5
+    assert last > 0.2 and last > first + 0.2
