@@ -155,11 +155,14 @@ class RLRun:
         idx = [order[(offset + i) % len(order)] for i in range(per_step)]
         return [PromptRequest(i, self.prompts[j], self.truths[j]) for i, j in enumerate(idx)]
 
-    def generate(self, requests: list[PromptRequest], n: int | None = None) -> Rollouts:
+    def generate(
+        self, requests: list[PromptRequest], n: int | None = None, seed: int | None = None
+    ) -> Rollouts:
         sampling = SamplingOptions(
             n=n or self.rl.group_size,
             temperature=self.rl.temperature,
             max_tokens=self.rl.max_new_tokens,
+            seed=seed,
         )
         grouped = self.pool.generate(requests, sampling)
         samples = [s for group in grouped for s in group]
@@ -304,7 +307,9 @@ class RLRun:
         accuracy = sum(
             exact_match_reward(g[0].text, t) == 1.0 for g, t in zip(grouped, truths, strict=True)
         ) / len(truths)
-        sampled = self.generate(requests, n=self.rl.eval_samples)
+        # Seeded per request: the same draws at every eval step, and the training rollouts'
+        # random stream is left as it would be without evaluations.
+        sampled = self.generate(requests, n=self.rl.eval_samples, seed=self.config.run.seed)
         scores, _ = self.score(sampled)
         return {"heldout_accuracy": accuracy, "heldout_reward": scores.mean().item()}
 
