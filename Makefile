@@ -10,7 +10,7 @@ export VLLM_CPU_OMP_THREADS_BIND ?= nobind
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test test-fast demo lint format bench clean
+.PHONY: setup browser test test-fast demo lint format bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch, transformers, trl, ray, vllm; print('rayalign deps ok:', torch.__version__, vllm.__version__)"
 	touch $(STAMP)
 
-test: setup
+# Headless Chromium and its driver (Debian packages) for the playground test.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+test: setup browser
 	$(BIN)/pytest tests
 
 test-fast: setup

@@ -94,6 +94,61 @@ def _cmd_scale(args: argparse.Namespace) -> None:
     print(json.dumps(ray.get(controller.get_status.remote()), default=str))
 
 
+def _serving_config(args: argparse.Namespace):
+    import os
+
+    from pipelines.config import load_config
+    from serving.config import API_KEY_ENV, ServingConfig
+
+    overrides = []
+    flags = {
+        "registry": args.registry,
+        "host": args.host,
+        "port": args.port,
+        "api_key": args.api_key or os.environ.get(API_KEY_ENV),
+        "models": args.models.split(",") if args.models else None,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    if args.no_watch:
+        overrides.append("watch_interval_s=null")
+    return load_config(ServingConfig, args.config, overrides + args.overrides)
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    config = _serving_config(args)
+    if args.print_config:
+        import yaml
+
+        from serving.deploy import serve_config
+
+        print(yaml.safe_dump(serve_config(config), sort_keys=False), end="")
+        return
+    if args.action is None:
+        from serving.endpoint import run_endpoint
+
+        run_endpoint(config, address=args.address)
+        return
+    if not args.name:
+        raise ValueError(f"rayalign serve {args.action} needs the model NAME")
+    from serving.deploy import publish, remove
+    from serving.endpoint import connect
+    from serving.registry import Registry
+
+    connect(args.address, 1, config)
+    if args.action == "publish":
+        entry = Registry(config.registry).get(args.name)
+        if entry is None:
+            raise ValueError(f"{args.name!r} is not registered in {config.registry}/registry.json")
+        publish([entry], config)
+        print(f"published {args.name!r} ({entry.kind}, {entry.path})")
+    elif remove(args.name):
+        print(f"removed {args.name!r}")
+    else:
+        raise ValueError(f"{args.name!r} is not served")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pipelines.demo import run_demo
 
@@ -160,6 +215,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollout-workers", type=int, help="wanted number of generation workers")
     p.add_argument("--address", help="Ray cluster address (default: the running cluster)")
     p.set_defaults(func=_cmd_scale)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a registry's checkpoints on one OpenAI-compatible endpoint (Ray Serve)",
+        description=(
+            "rayalign serve --registry DIR runs the endpoint until Ctrl-C, publishing checkpoints "
+            "registered later; 'serve publish NAME' / 'serve remove NAME' change a running "
+            "cluster's models; --print-config writes the Serve config YAML for `serve deploy`."
+        ),
+    )
+    p.add_argument("action", nargs="?", choices=["publish", "remove"], help="change one model")
+    p.add_argument("name", nargs="?", help="registry name of the model to publish or remove")
+    p.add_argument("--registry", help="run directory holding registry.json")
+    p.add_argument("--config", help="ServingConfig YAML (flags and KEY=VALUE override it)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or $RAYALIGN_API_KEY)")
+    p.add_argument("--models", help="comma-separated registry names to serve (default: all)")
+    p.add_argument("--no-watch", action="store_true", help="do not follow registry changes")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ServingConfig override, repeatable (e.g. chat.replicas.max_replicas=2)",
+    )
+    p.add_argument("--print-config", action="store_true", help="print a Serve config YAML and exit")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
         "demo", help="run the whole pipeline on a local cluster with the small model"

@@ -1,0 +1,108 @@
+"""Typed configuration of the Serve app: the endpoint, and how each checkpoint is served.
+
+`rayalign serve` builds a `ServingConfig` from its flags (or a YAML file plus `key=value`
+overrides, like every stage); `rayalign serve --print-config` turns it into the Serve
+config YAML that `serve deploy` takes on a cluster.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from pipelines.config import Strict
+
+API_KEY_ENV = "RAYALIGN_API_KEY"
+
+
+class ReplicaOptions(Strict):
+    min_replicas: int = Field(1, ge=0, description="Replicas kept when idle (0 scales to zero).")
+    max_replicas: int = Field(1, ge=1, description="Replicas the autoscaler may grow to.")
+    target_ongoing_requests: int = Field(
+        16, ge=1, description="Requests in flight per replica the autoscaler aims for."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicaOptions:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
+
+    def autoscaling(self) -> dict:
+        """Serve's `autoscaling_config` for these bounds."""
+        return {
+            "min_replicas": self.min_replicas,
+            "initial_replicas": max(self.min_replicas, 1),
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+        }
+
+
+class ChatModelOptions(Strict):
+    """How each chat checkpoint is served (one vLLM engine per replica)."""
+
+    replicas: ReplicaOptions = Field(default_factory=ReplicaOptions, description="Autoscaling.")
+    use_gpu: bool = Field(False, description="One GPU per replica (CUDA vLLM); CPU otherwise.")
+    cpus_per_replica: float = Field(
+        1.0, gt=0, description="Logical CPUs reserved for each replica's engine."
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length; None takes the model's own."
+    )
+    dtype: str = Field("auto", description="Weights dtype for vLLM (auto, float32, bfloat16...).")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may take (GPU only)."
+    )
+    cpu_kvcache_gib: int = Field(
+        1, ge=1, description="KV cache in host memory per replica, GiB (CPU only)."
+    )
+    enforce_eager: bool = Field(
+        True, description="Skip CUDA graphs/compilation: faster start, needed on CPU."
+    )
+
+
+class RewardModelOptions(Strict):
+    """How each reward-model checkpoint is served (transformers, batched)."""
+
+    replicas: ReplicaOptions = Field(default_factory=ReplicaOptions, description="Autoscaling.")
+    use_gpu: bool = Field(False, description="One GPU per replica.")
+    cpus_per_replica: float = Field(1.0, gt=0, description="Logical CPUs per replica.")
+    max_batch_size: int = Field(32, ge=1, description="Pairs scored in one forward pass.")
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0, description="How long a batch waits to fill before it runs."
+    )
+
+
+class ServingConfig(Strict):
+    registry: str = Field(description="Run directory holding registry.json (a storage path).")
+    host: str = Field(
+        "127.0.0.1", description="Address to bind; 127.0.0.1 keeps the endpoint on this machine."
+    )
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the endpoint.")
+    api_key: str | None = Field(
+        None,
+        description=(
+            f"Bearer key every route needs (401 without it). Defaults to ${API_KEY_ENV}; "
+            "unset means no auth."
+        ),
+    )
+    models: list[str] | None = Field(
+        None, description="Registry names to serve; None serves every registered checkpoint."
+    )
+    watch_interval_s: float | None = Field(
+        2.0,
+        gt=0,
+        description=(
+            "Seconds between registry checks that publish new checkpoints and remove deleted "
+            "ones; None turns the watch off."
+        ),
+    )
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest request body accepted (413 beyond)."
+    )
+    ingress_cpus: float = Field(0.1, gt=0, description="Logical CPUs of each ingress replica.")
+    chat: ChatModelOptions = Field(default_factory=ChatModelOptions, description="Chat models.")
+    reward: RewardModelOptions = Field(
+        default_factory=RewardModelOptions, description="Reward models."
+    )

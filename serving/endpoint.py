@@ -1,0 +1,85 @@
+"""`rayalign serve`: run the endpoint for a registry until Ctrl-C, publishing as it goes."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+
+import ray
+from ray import serve
+
+from serving.config import ServingConfig
+from serving.deploy import RegistryWatch, ServeError, selected, start_endpoint
+
+# Logical CPUs a local cluster declares beyond the models it starts with, so checkpoints
+# published later can be scheduled (Ray counts CPUs logically; cores are shared).
+_HEADROOM_MODELS = 6
+
+
+def connect(address: str | None, models: int, config: ServingConfig) -> None:
+    """Attach to `address` (or RAY_ADDRESS / a `ray start` cluster), else start a local
+    cluster sized for `models` models plus headroom."""
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=False)
+        return
+    try:
+        ray.init(address="auto", log_to_driver=False)
+    except ConnectionError:
+        per_model = max(config.chat.cpus_per_replica, config.reward.cpus_per_replica) + 0.1
+        need = config.ingress_cpus + per_model * (models + _HEADROOM_MODELS)
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), log_to_driver=False)
+
+
+def base_url(config: ServingConfig) -> str:
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    return f"http://{host}:{config.port}"
+
+
+def print_usage(config: ServingConfig, names: list[str]) -> None:
+    url = base_url(config)
+    auth = ' -H "Authorization: Bearer $RAYALIGN_API_KEY"' if config.api_key else ""
+    print(f"[serve] endpoint {url}/v1  playground {url}/")
+    print(f"[serve] models: {', '.join(names) or 'none yet'}")
+    print(f"[serve] try: curl -s {url}/v1/models{auth}")
+
+
+def run_endpoint(config: ServingConfig, address: str | None = None) -> None:
+    """Start the endpoint with the registry's checkpoints and keep it in step with the
+    registry (when `config.watch_interval_s` is set) until interrupted; then shut down."""
+    wanted = selected(config)
+    connect(address, len(wanted), config)
+    stop = {"now": False}
+
+    def _interrupt(signum, frame):
+        stop["now"] = True
+
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        print(f"[serve] starting the ingress on {config.host}:{config.port}", flush=True)
+        start_endpoint(config)
+        watch = RegistryWatch(config)
+        print(f"[serve] deploying {len(wanted)} checkpoint(s): {', '.join(wanted)}", flush=True)
+        started = time.monotonic()
+        watch.sync()
+        print(f"[serve] ready in {time.monotonic() - started:.0f}s", flush=True)
+        print_usage(config, sorted(watch.published))
+        while not stop["now"]:
+            time.sleep(config.watch_interval_s or 1.0)
+            if config.watch_interval_s and not stop["now"]:
+                try:
+                    added, removed = watch.sync()
+                except (ServeError, ValueError) as err:
+                    print(f"[serve] registry change not applied: {err}", flush=True)
+                    continue
+                if added or removed:
+                    print(f"[serve] published {added or '-'}, removed {removed or '-'}", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        print("[serve] shutting down", flush=True)
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,319 @@
+"""The HTTP front of rayalign's endpoint: OpenAI-compatible routes over every served model.
+
+`RayalignIngress` extends `ray.serve.llm`'s `OpenAiIngress` (chat and completion
+streaming, request validation, OpenAI error bodies) with what a post-training service
+needs on top:
+
+- the model set is dynamic: models are the Serve applications named by
+  `serving.model_apps.app_name`, looked up at request time, so a checkpoint published or
+  removed while serving shows up or disappears without restarting anything;
+- `POST /v1/score` for reward models, `GET /health`, and a playground page at `/`;
+- bearer-key auth on every API route (401), a request-body size limit (413), and
+  OpenAI-style error bodies for unknown models (404) and malformed requests (400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+)
+from ray.llm._internal.serve.core.ingress.ingress import (
+    DEFAULT_ENDPOINTS,
+    OpenAiIngress,
+    init,
+    make_fastapi_ingress,
+)
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from serving.model_apps import app_name, parse_app_name
+from serving.registry import Kind, Registry
+
+# Settings of this replica's ingress, read by the ASGI middlewares below (one ingress
+# object per replica process).
+_SETTINGS: dict[str, Any] = {"api_key": None, "max_body_bytes": 1 << 20}
+# Pages anyone may load: they hold no data, and the page's own calls carry the key.
+_PUBLIC_PATHS = {"/", "/playground"}
+
+
+def openai_error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+    """A JSON error response in OpenAI's shape: {"error": {message, type, param, code}}."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+class BearerAuth:
+    """ASGI middleware: with an API key set, every route but the static page needs
+    `Authorization: Bearer KEY`."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        key = _SETTINGS["api_key"]
+        if scope["type"] != "http" or not key or scope["path"] in _PUBLIC_PATHS:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers", []))
+        given = headers.get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), key):
+            return await self.app(scope, receive, send)
+        message = (
+            "Missing API key: send 'Authorization: Bearer KEY'."
+            if not given
+            else "Incorrect API key provided."
+        )
+        return await openai_error(401, message, "invalid_api_key")(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: bodies over `max_body_bytes` get 413 before the app sees them."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = _SETTINGS["max_body_bytes"]
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._too_large(limit, scope, receive, send)
+        # Chunked or undeclared bodies: read up to the limit, then replay them to the app.
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > limit:
+                return await self._too_large(limit, scope, receive, send)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _too_large(limit, scope, receive, send):
+        response = openai_error(
+            413, f"Request body exceeds the limit of {limit} bytes.", "request_too_large"
+        )
+        return await response(scope, receive, send)
+
+
+class RewardScoreRequest(BaseModel):
+    """Body of `POST /v1/score`: score one or more assistant replies to a conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="A served reward model's name.")
+    messages: list[dict[str, str]] = Field(
+        min_length=1, description="The conversation before the reply ({role, content} items)."
+    )
+    completions: list[str] = Field(
+        min_length=1, max_length=256, description="Candidate assistant replies to score."
+    )
+
+
+app = init()
+app.add_middleware(BearerAuth)
+app.add_middleware(BodyLimit)  # outermost: the size check runs before anything reads a body
+
+
+class RayalignIngress(OpenAiIngress):
+    """OpenAI-compatible ingress over the models published as Serve applications."""
+
+    def __init__(
+        self,
+        registry: str | None = None,
+        api_key: str | None = None,
+        max_body_bytes: int = 1 << 20,
+        lookup_ttl_s: float = 1.0,
+    ) -> None:
+        super().__init__(llm_deployments={}, model_cards={})
+        _SETTINGS.update(api_key=api_key or None, max_body_bytes=max_body_bytes)
+        self._registry = Registry(registry) if registry else None
+        self._ttl = lookup_ttl_s
+        self._served: dict[str, Kind] = {}
+        self._looked_up = 0.0
+
+    # Model lookup -----------------------------------------------------------------
+
+    async def _served_models(self) -> dict[str, Kind]:
+        """{name: kind} of the running model applications, refreshed at most every TTL."""
+        if time.monotonic() - self._looked_up > self._ttl:
+            status = await asyncio.to_thread(serve.status)
+            served = {}
+            for app_id, app_status in status.applications.items():
+                parsed = parse_app_name(app_id)
+                if parsed and str(app_status.status).endswith("RUNNING"):
+                    served[parsed[1]] = parsed[0]
+            # Forget handles of removed models so a name published again is looked up anew.
+            for gone in set(self._served) - set(served):
+                self._configured_serve_handles.pop(gone, None)
+            self._served, self._looked_up = served, time.monotonic()
+        return self._served
+
+    async def _missing(self, model: str | None, kind: Kind) -> JSONResponse | None:
+        """The 404/400 response if `model` is not a served model of `kind`, else None."""
+        served = await self._served_models()
+        if model is None:
+            return openai_error(400, "'model' is required.", "missing_model", "model")
+        if served.get(model) != kind:
+            names = sorted(n for n, k in served.items() if k == kind)
+            return openai_error(
+                404,
+                f"The model '{model}' does not exist or is not a {kind} model; "
+                f"served {kind} models: {', '.join(names) or 'none'}.",
+                "model_not_found",
+                "model",
+            )
+        return None
+
+    def _get_configured_serve_handle(self, model_id: str):
+        if model_id not in self._configured_serve_handles:
+            handle = serve.get_app_handle(app_name(self._served[model_id], model_id))
+            self._configured_serve_handles[model_id] = handle.options(stream=True)
+        return self._configured_serve_handles[model_id]
+
+    async def _get_model_id(self, model: str | None) -> str:
+        return model  # checked by _missing before any call reaches here
+
+    def _card(self, name: str, kind: Kind) -> ModelCard:
+        entry = self._registry.get(name) if self._registry else None
+        metadata: dict[str, Any] = {"kind": kind}
+        if entry is not None:
+            metadata.update(
+                stage=entry.stage,
+                step=entry.step,
+                parent=entry.parent,
+                metrics=entry.metrics,
+                path=entry.path,
+            )
+        created = int(entry.created) if entry else int(time.time())
+        return ModelCard(
+            id=name,
+            object="model",
+            owned_by="rayalign",
+            permission=[],
+            metadata=metadata,
+            created=created,
+        )
+
+    # Routes -----------------------------------------------------------------------
+
+    async def models(self) -> ModelList:
+        served = await self._served_models()
+        return ModelList(data=[self._card(n, k) for n, k in sorted(served.items())])
+
+    async def model_data(self, model: str) -> Response:
+        served = await self._served_models()
+        if model not in served:
+            return openai_error(
+                404, f"The model '{model}' does not exist.", "model_not_found", "model"
+            )
+        return JSONResponse(self._card(model, served[model]).model_dump())
+
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        return await self._missing(body.model, "chat") or await super().chat(body, request)
+
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        return await self._missing(body.model, "chat") or await super().completions(body, request)
+
+    async def reward_score(self, body: RewardScoreRequest) -> Response:
+        missing = await self._missing(body.model, "reward")
+        if missing:
+            return missing
+        handle = serve.get_app_handle(app_name("reward", body.model))
+        scores = await handle.score.remote(body.messages, body.completions)
+        data = [{"object": "score", "index": i, "score": s} for i, s in enumerate(scores)]
+        return JSONResponse({"object": "list", "model": body.model, "data": data})
+
+    async def health(self) -> Response:
+        served = await self._served_models()
+        return JSONResponse({"status": "ok", "models": sorted(served)})
+
+    async def playground(self) -> HTMLResponse:
+        return HTMLResponse(_playground_html())
+
+
+def _playground_html() -> str:
+    return (resources.files("serving") / "playground.html").read_text()
+
+
+ENDPOINTS = {
+    "models": DEFAULT_ENDPOINTS["models"],
+    "model_data": DEFAULT_ENDPOINTS["model_data"],
+    "chat": DEFAULT_ENDPOINTS["chat"],
+    "completions": DEFAULT_ENDPOINTS["completions"],
+    "reward_score": lambda a: a.post("/v1/score"),
+    "health": lambda a: a.get("/health"),
+    "playground": lambda a: a.get("/", response_class=HTMLResponse),
+}
+# `/playground` serves the same page as `/`.
+app.add_api_route("/playground", lambda: HTMLResponse(_playground_html()), methods=["GET"])
+
+FastAPIIngress = make_fastapi_ingress(RayalignIngress, endpoint_map=ENDPOINTS, app=app)
+
+
+def build_ingress_app(args: dict[str, Any]):
+    """`serving.ingress:build_ingress_app` for `serve deploy` configs.
+
+    args: registry (path), api_key_env (name of an env var holding the key; the key itself
+    never goes into a config file), max_body_bytes, num_cpus, min_replicas, max_replicas.
+    """
+    import os
+
+    key_env = args.get("api_key_env")
+    return ingress_app(
+        registry=args.get("registry"),
+        api_key=os.environ.get(key_env) if key_env else None,
+        max_body_bytes=int(args.get("max_body_bytes", 1 << 20)),
+        num_cpus=float(args.get("num_cpus", 0.1)),
+        min_replicas=int(args.get("min_replicas", 1)),
+        max_replicas=int(args.get("max_replicas", 1)),
+    )
+
+
+def ingress_app(
+    *,
+    registry: str | None,
+    api_key: str | None,
+    max_body_bytes: int,
+    num_cpus: float = 0.1,
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+):
+    """The ingress as a Serve application (bind it at route prefix `/`)."""
+    deployment = serve.deployment(
+        FastAPIIngress,
+        name="RayalignIngress",
+        ray_actor_options={"num_cpus": num_cpus},
+        autoscaling_config={
+            "min_replicas": min_replicas,
+            "initial_replicas": max(min_replicas, 1),
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": 64,
+        },
+        max_ongoing_requests=1000,
+    )
+    return deployment.bind(
+        registry=str(Path(registry).resolve()) if registry else None,
+        api_key=api_key,
+        max_body_bytes=max_body_bytes,
+    )

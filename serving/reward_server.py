@@ -1,0 +1,45 @@
+"""A reward-model checkpoint as a Serve deployment: (conversation, completion) -> score.
+
+Requests are batched across callers with `serve.batch`: concurrent scoring requests
+share one forward pass of up to `max_batch_size` pairs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+
+
+class RewardModelServer:
+    """Loads a sequence-classification checkpoint (one logit) and scores pairs with it."""
+
+    def __init__(self, path: str, max_batch_size: int = 32, batch_wait_s: float = 0.01) -> None:
+        import torch
+
+        from pipelines.reward_model import load_reward_model
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        self.path = path
+        self.model, self.tokenizer = load_reward_model(path)
+        self._score_pairs.set_max_batch_size(max_batch_size)
+        self._score_pairs.set_batch_wait_timeout_s(batch_wait_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _score_pairs(self, pairs: list[tuple[list[dict], str]]) -> list[float]:
+        from pipelines.reward_model import score
+
+        prompts = [p for p, _ in pairs]
+        completions = [[{"role": "assistant", "content": c}] for _, c in pairs]
+        # Off the event loop: a forward pass must not stall the replica's other requests.
+        scores = await asyncio.to_thread(
+            score, self.model, self.tokenizer, prompts, completions, len(pairs)
+        )
+        return scores.tolist()
+
+    async def score(self, messages: list[dict], completions: list[str]) -> list[float]:
+        """Reward of each completion as the assistant's reply to `messages`."""
+        return list(await asyncio.gather(*(self._score_pairs((messages, c)) for c in completions)))
+
+    async def check_health(self) -> None:
+        return None
