@@ -10,6 +10,7 @@ BENCHMARKS = [
     ["bench.rollout_throughput", "--preset", "small"],
     ["bench.weight_sync"],
     ["bench.rl_step_phases"],
+    ["bench.serve_load"],
 ]
 
 
