@@ -21,7 +21,7 @@ TASK_OPTIONS = {"max_operand": 19, "ops": "+"}
 
 
 def _prepare(out: Path) -> tuple[Path, Path, Path]:
-    """The base model, the task splits, and the same questions with four wrong answers each
+    """The base model, the task splits, and the same questions with eight wrong answers each
     (the reward model's pairs)."""
     from pipelines.model_factory import init_model
     from pipelines.tasks import build_task
@@ -31,7 +31,7 @@ def _prepare(out: Path) -> tuple[Path, Path, Path]:
     if not (base / "model.safetensors").exists():
         print("[demo] building the small random model and its tokenizer", flush=True)
         init_model("small", base, seed=0)
-    for path, rejected in ((data, 1), (pairs, 4)):
+    for path, rejected in ((data, 1), (pairs, 8)):
         if not (path / "manifest.json").exists():
             print(f"[demo] writing the arithmetic task splits to {path}", flush=True)
             write_task_data(

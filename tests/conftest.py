@@ -68,8 +68,8 @@ def easy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def easy_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`easy_data`'s questions (same seed and counts) with four wrong answers per question in
-    the preference split: more contrast for the reward model and a 200-pair held-out set."""
+    """`easy_data`'s questions (same seed and counts) with eight wrong answers per question in
+    the preference split: more contrast for the reward model and a 400-pair held-out set."""
     from pipelines.tasks import build_task
     from pipelines.tasks.splits import write_task_data
 
@@ -80,7 +80,7 @@ def easy_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         seed=0,
         n_train=350,
         n_test=50,
-        rejected_per_prompt=4,
+        rejected_per_prompt=8,
     )
     return out
 

@@ -57,10 +57,10 @@ def test_sft_raises_heldout_accuracy(sft_entry, small_model, easy_data, runs_dir
 def test_reward_model_ranks_heldout_pairs(rm_entry):
     print("reward model:", rm_entry.metrics)
     assert rm_entry.kind == "reward"
-    # Held out: 200 pairs (50 unseen questions x 4 wrong answers). When written: 0.70 with
-    # lr 1e-4 on four wrong answers per question; 0.62-0.65 for lr 1e-4..1e-3 with one (and
-    # 0.58 once on 50 pairs in CI). The issue asks for 0.9, still open. Chance is 0.5.
-    assert rm_entry.metrics["heldout_pairwise_accuracy"] >= 0.6
+    # Held out: 400 pairs (50 unseen questions x 8 wrong answers, some only 1 off). When
+    # written: 0.87 after 1500 steps at lr 3e-4 (0.70-0.75 after the 300 steps at 1e-4 used
+    # before). The issue asks for 0.9, still open. Chance is 0.5.
+    assert rm_entry.metrics["heldout_pairwise_accuracy"] >= 0.8
 
 
 @pytest.mark.parametrize("stage_name", ["dpo", "kto"])

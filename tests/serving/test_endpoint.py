@@ -91,7 +91,7 @@ def test_reward_route_prefers_chosen_on_heldout_pairs(http, rm_entry, easy_pairs
     print(f"served reward model prefers chosen on {rate:.3f} of {len(rows)} held-out pairs")
     # The served scores are the trained model's: same ranking as measured offline.
     assert abs(rate - offline) <= 0.02
-    assert rate >= 0.85
+    assert rate >= 0.8  # 0.87 offline when written
 
 
 def test_publish_while_another_model_streams(endpoint, client):
