@@ -115,6 +115,11 @@ class GenerationWorker:
         return self.name
 
 
-def remote_generation_worker(num_cpus: float = 1, num_gpus: float = 0):
-    """The actor class with its resources (one GPU per worker on GPU clusters)."""
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(GenerationWorker)
+def remote_generation_worker(
+    num_cpus: float = 1, num_gpus: float = 0, resources: dict[str, float] | None = None
+):
+    """The actor class with its resources (one GPU per worker on GPU clusters; custom
+    resources such as {"rollout": 1} pin workers to a node type)."""
+    return ray.remote(
+        num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=0
+    )(GenerationWorker)

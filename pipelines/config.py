@@ -71,6 +71,10 @@ class ResourcesConfig(Strict):
         False, description="One GPU per worker, NCCL backend; gloo on CPU otherwise."
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs reserved per worker.")
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per worker, e.g. {learner: 1} for learner nodes.",
+    )
 
 
 C = TypeVar("C", bound=BaseModel)

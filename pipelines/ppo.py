@@ -95,7 +95,7 @@ class RLRun:
         from actors.generation_worker import remote_generation_worker
 
         r = self.config.rollout
-        cls = remote_generation_worker(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker)
+        cls = remote_generation_worker(r.cpus_per_worker, r.gpus_per_worker, r.custom_resources)
         seed = self.config.run.seed
 
         def make(name: str):
@@ -126,7 +126,11 @@ class RLRun:
                 or c.rewards.reward_model
                 or c.model.name_or_path
             )
-        cls = ray.remote(num_cpus=lc.cpus_per_learner, num_gpus=lc.gpus_per_learner)(PolicyLearner)
+        cls = ray.remote(
+            num_cpus=lc.cpus_per_learner,
+            num_gpus=lc.gpus_per_learner,
+            resources=lc.custom_resources or None,
+        )(PolicyLearner)
         kwargs = dict(
             learning_rate=self.rl.learning_rate,
             critic_path=critic,

@@ -32,6 +32,13 @@ class RolloutConfig(Strict):
     gpus_per_worker: float = Field(
         0.0, ge=0, description="GPUs per generation worker (1 on GPU clusters)."
     )
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Custom Ray resources per worker, e.g. {rollout: 1} to place generation workers on "
+            "the cluster's rollout nodes (see cluster.yaml)."
+        ),
+    )
     max_model_len: int = Field(256, ge=16, description="Longest prompt + completion in the engine.")
     chunk_size: int = Field(8, ge=1, description="Prompts per work item handed to a worker.")
     autoscale: AutoscaleConfig | None = Field(
@@ -57,6 +64,10 @@ class LearnerConfig(Strict):
     )
     cpus_per_learner: float = Field(1.0, gt=0, description="Logical CPUs per learner.")
     gpus_per_learner: float = Field(0.0, ge=0, description="GPUs per learner.")
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per learner, e.g. {learner: 1} for learner nodes.",
+    )
 
 
 class RLConfig(Strict):

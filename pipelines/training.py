@@ -293,7 +293,7 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
     )
     init_ray(config.resources.num_workers * config.resources.cpus_per_worker + 1)
 
-    resources = {"CPU": config.resources.cpus_per_worker}
+    resources = {"CPU": config.resources.cpus_per_worker, **config.resources.custom_resources}
     if config.resources.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(

@@ -47,6 +47,10 @@ class ChatModelOptions(Strict):
     cpus_per_replica: float = Field(
         1.0, gt=0, description="Logical CPUs reserved for each replica's engine."
     )
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica, e.g. {rollout: 1} for GPU serving nodes.",
+    )
     max_model_len: int | None = Field(
         None, ge=16, description="Context length; None takes the model's own."
     )
@@ -68,6 +72,9 @@ class RewardModelOptions(Strict):
     replicas: ReplicaOptions = Field(default_factory=ReplicaOptions, description="Autoscaling.")
     use_gpu: bool = Field(False, description="One GPU per replica.")
     cpus_per_replica: float = Field(1.0, gt=0, description="Logical CPUs per replica.")
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per replica."
+    )
     max_batch_size: int = Field(32, ge=1, description="Pairs scored in one forward pass.")
     batch_wait_timeout_s: float = Field(
         0.01, ge=0, description="How long a batch waits to fill before it runs."

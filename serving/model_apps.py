@@ -54,6 +54,7 @@ def llm_config(name: str, path: str, options: ChatModelOptions):
             "VLLM_CPU_KVCACHE_SPACE": str(options.cpu_kvcache_gib),
             "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         }
+    bundle.update(options.custom_resources)
     return LLMConfig(
         model_loading_config={"model_id": name, "model_source": path},
         engine_kwargs=engine_kwargs,
@@ -86,6 +87,7 @@ def reward_app(name: str, path: str, options: RewardModelOptions) -> Application
         ray_actor_options={
             "num_cpus": options.cpus_per_replica,
             "num_gpus": 1 if options.use_gpu else 0,
+            "resources": options.custom_resources,
         },
         max_ongoing_requests=256,
     )

@@ -1,0 +1,152 @@
+"""cluster.yaml is a valid, consistent cluster; configs/cluster/ fit its node types; the
+commands docs/cluster.md shows exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+NODE_TYPES = CLUSTER["available_node_types"]
+WORKER_TYPES = {k: v for k, v in NODE_TYPES.items() if k != CLUSTER["head_node_type"]}
+
+
+def test_cluster_yaml_follows_rays_schema():
+    import jsonschema
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(CLUSTER, schema)
+    assert CLUSTER["provider"]["type"] == "aws"
+
+
+def test_node_types_are_consistent():
+    head = NODE_TYPES[CLUSTER["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0, "the head node is the CPU node"
+    assert {"gpu_learner", "gpu_rollout"} <= set(WORKER_TYPES)
+    for name, node in WORKER_TYPES.items():
+        assert 0 <= node["min_workers"] <= node["max_workers"], name
+        assert node["resources"]["GPU"] >= 1, name
+    assert NODE_TYPES["gpu_learner"]["resources"]["learner"] >= 1
+    assert NODE_TYPES["gpu_rollout"]["resources"]["rollout"] >= 1
+    assert NODE_TYPES["gpu_rollout"]["max_workers"] > NODE_TYPES["gpu_rollout"]["min_workers"]
+    assert sum(n["max_workers"] for n in WORKER_TYPES.values()) <= CLUSTER["max_workers"]
+    # The dashboard and job API stay on the head's loopback.
+    start = " ".join(CLUSTER["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start
+    assert any("rayalign[gpu" in c for c in CLUSTER["setup_commands"])
+
+
+def _stage_config(path: Path):
+    from pipelines.config import load_config
+    from pipelines.ppo_config import PPOStageConfig
+    from pipelines.training import STAGES
+    from serving.config import ServingConfig
+
+    name = path.stem
+    if name in ("grpo", "ppo"):
+        return load_config(PPOStageConfig, path)
+    if name == "serve":
+        return load_config(ServingConfig, path)
+    return load_config(STAGES[name]().config_cls, path)
+
+
+def _fits(demand: dict[str, float], count: int) -> bool:
+    """Whether `count` units of `demand` fit on the worker nodes that can hold one."""
+    capacity = 0
+    for node in WORKER_TYPES.values():
+        res = node["resources"]
+        if all(res.get(k, 0) >= v for k, v in demand.items() if v):
+            per_node = min(int(res[k] // v) for k, v in demand.items() if v)
+            capacity += per_node * node["max_workers"]
+    return capacity >= count
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "cluster").glob("*.yaml")), ids=str)
+def test_cluster_configs_load_and_fit_the_node_types(path):
+    config = _stage_config(path)
+    demands: list[tuple[dict[str, float], int]] = []
+    if hasattr(config, "resources"):  # an offline stage on Ray Train
+        r = config.resources
+        gpu = 1.0 if r.use_gpu else 0.0
+        demands.append(
+            ({"CPU": r.cpus_per_worker, "GPU": gpu, **r.custom_resources}, r.num_workers)
+        )
+    elif hasattr(config, "rollout"):  # RL: generation workers and learners
+        r, lc = config.rollout, config.learner
+        most = r.autoscale.max_workers if r.autoscale else r.num_workers
+        demands.append(
+            ({"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker, **r.custom_resources}, most)
+        )
+        demands.append(
+            (
+                {"CPU": lc.cpus_per_learner, "GPU": lc.gpus_per_learner, **lc.custom_resources},
+                lc.num_learners,
+            )
+        )
+    else:  # serving
+        for options in (config.chat, config.reward):
+            gpu = 1.0 if options.use_gpu else 0.0
+            demand = {"CPU": options.cpus_per_replica, "GPU": gpu, **options.custom_resources}
+            demands.append((demand, options.replicas.max_replicas))
+    for demand, count in demands:
+        assert demand.get("GPU", 0) >= 1, f"{path.name}: cluster configs run on GPUs"
+        assert _fits(demand, count), f"{path.name}: {count} x {demand} do not fit cluster.yaml"
+
+
+def _doc_commands() -> list[list[str]]:
+    text = (ROOT / "docs" / "cluster.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split("  #")[0].strip()
+            if line:
+                words = shlex.split(line)
+                for stop in (">", "|", "&&"):  # keep the command, not what its output goes to
+                    words = words[: words.index(stop)] if stop in words else words
+                commands.append(words)
+    return commands
+
+
+def test_docs_rayalign_commands_parse():
+    from pipelines.cli import build_parser
+
+    commands = [c for c in _doc_commands() if "rayalign" in c]
+    assert len(commands) >= 6
+    for words in commands:
+        args = words[words.index("rayalign") + 1 :]
+        parser = build_parser()
+        parsed, extra = parser.parse_known_args(args)  # SystemExit on an unknown command/flag
+        assert not extra or parsed.command == "train", words
+        if getattr(parsed, "config", None):
+            assert (ROOT / parsed.config).is_file(), words
+
+
+def test_docs_job_entrypoints_exist_and_their_configs_load():
+    entrypoints = [c for c in _doc_commands() if "python" in c and "-m" in c]
+    assert len(entrypoints) >= 4
+    for words in entrypoints:
+        module = words[words.index("-m") + 1]
+        assert (ROOT / Path(*module.split("."))).with_suffix(".py").is_file(), module
+        config = ROOT / words[words.index("--config") + 1]
+        _stage_config(config)
+
+
+def test_docs_ray_commands_exist():
+    ray = Path(sys.executable).parent / "ray"
+    subcommands = sorted(
+        {tuple(c[1:3]) if c[1] == "job" else (c[1],) for c in _doc_commands() if c[0] == "ray"}
+    )
+    assert ("up",) in subcommands and ("job", "submit") in subcommands
+    for sub in subcommands:
+        proc = subprocess.run([str(ray), *sub, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0, (sub, proc.stderr[-500:])
