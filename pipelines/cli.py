@@ -149,6 +149,18 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.name!r} is not served")
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> None:
+    from pipelines.config import load_config
+    from pipelines.pipeline import run_pipeline, status_table
+    from pipelines.pipeline_config import PipelineConfig
+
+    config = load_config(PipelineConfig, args.config, args.overrides)
+    if args.pipeline_command == "status":
+        print(status_table(config))
+    elif not run_pipeline(config, args.address):
+        raise SystemExit(1)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pipelines.demo import run_demo
 
@@ -245,6 +257,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--print-config", action="store_true", help="print a Serve config YAML and exit")
     p.set_defaults(func=_cmd_serve)
+
+    pipeline = sub.add_parser(
+        "pipeline", help="run a pipeline of stages as Ray jobs"
+    ).add_subparsers(dest="pipeline_command", required=True)
+    for name, help_text in (
+        ("run", "run the unfinished stages, each as a Ray job, in dependency order"),
+        ("status", "each stage's state, wall time, checkpoint and metrics"),
+    ):
+        p = pipeline.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True, help="pipeline YAML (configs/tiny/pipeline.yaml)")
+        p.add_argument(
+            "--address",
+            help="Ray Jobs API of a cluster, e.g. http://127.0.0.1:8265 (default: a local cluster)",
+        )
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="pipeline config override, e.g. storage_path=runs/other",
+        )
+        p.set_defaults(func=_cmd_pipeline)
 
     p = sub.add_parser(
         "demo", help="run the whole pipeline on a local cluster with the small model"

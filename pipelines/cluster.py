@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import ray
 
@@ -24,3 +34,70 @@ def init_ray(min_cpus: float) -> None:
         ray.init(address="auto")
     except ConnectionError:
         ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def local_head_node(num_cpus: int | None = None, timeout_s: float = 180) -> Iterator[str]:
+    """A `ray start --head` cluster on loopback for the duration of the block; yields the
+    Jobs API address. Every port is a free one, so it never collides with another cluster.
+    """
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    dash_port = _free_port()
+    ports = {
+        "port": _free_port(),
+        "dashboard-port": dash_port,
+        "dashboard-agent-listen-port": _free_port(),
+        "dashboard-agent-grpc-port": _free_port(),
+        "metrics-export-port": _free_port(),
+        "ray-client-server-port": _free_port(),
+        "runtime-env-agent-port": _free_port(),
+    }
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    # Ray counts CPUs logically: declare enough for a stage's actors on a small machine.
+    cpus = num_cpus or max(8, os.cpu_count() or 1)
+    head = subprocess.Popen(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--num-cpus={cpus}",
+            # A short temp dir: Ray's Unix sockets live under it (paths are capped at 107 bytes).
+            f"--temp-dir={tempfile.mkdtemp(prefix='ra-', dir='/tmp')}",
+            *(f"--{k}={v}" for k, v in ports.items()),
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{dash_port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the local Ray head node did not come up") from None
+                time.sleep(1)
+        yield address
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+            try:
+                head.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+                head.wait()

@@ -1,0 +1,253 @@
+"""`rayalign pipeline run`: every stage of a pipeline as a Ray job, in dependency order.
+
+Each stage waits for the stages it lists in `after`, is submitted through the Ray Jobs
+API (working directory, runtime env, auth token from the environment), has its logs
+streamed with a `[stage]` prefix, and records its registered checkpoint in the pipeline
+state (`<storage_path>/pipeline-<name>.json`). A failed stage stops its descendants;
+other branches go on. Rerunning skips the stages that succeeded and resubmits the rest
+under the same run names, so an interrupted stage resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.pipeline_config import PipelineConfig, StageSpec, substitute
+
+REPO = Path(__file__).resolve().parents[1]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+@dataclass
+class StageState:
+    """What the runner knows of one stage."""
+
+    status: str = "pending"  # pending | running | succeeded | failed | blocked | interrupted
+    job_id: str | None = None
+    attempts: int = 0
+    started: float | None = None
+    finished: float | None = None
+    checkpoint: dict[str, Any] | None = (
+        None  # the stage's {"registered", "path", "step", "metrics"}
+    )
+    message: str = ""
+
+
+@dataclass
+class PipelineState:
+    stages: dict[str, StageState] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> PipelineState:
+        if not path.exists():
+            return cls()
+        raw = json.loads(path.read_text())
+        return cls({k: StageState(**v) for k, v in raw["stages"].items()})
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({"stages": {k: asdict(v) for k, v in self.stages.items()}}, indent=2)
+        )
+        os.replace(tmp, path)
+
+
+def state_path(config: PipelineConfig) -> Path:
+    return Path(config.storage_path) / f"pipeline-{config.name}.json"
+
+
+def _registered(logs: str) -> dict[str, Any] | None:
+    """The stage driver's last `{"registered": ...}` line, if it printed one."""
+    for line in reversed(logs.splitlines()):
+        line = line.strip()
+        if line.startswith('{"registered"'):
+            return json.loads(line)
+    return None
+
+
+class PipelineRunner:
+    """Runs a `PipelineConfig` against the Ray Jobs API at `address`."""
+
+    def __init__(self, config: PipelineConfig, address: str, local: bool) -> None:
+        from ray.job_submission import JobSubmissionClient
+
+        self.config = config
+        self.stages = config.ordered()
+        self.client = JobSubmissionClient(address)
+        self.local = local
+        self.path = state_path(config)
+        self.state = PipelineState.load(self.path)
+        for s in self.stages:
+            self.state.stages.setdefault(s.name, StageState())
+        self._printed: dict[str, int] = {}
+
+    # Building jobs ------------------------------------------------------------------
+
+    def _values(self) -> dict[str, str]:
+        values = {"storage": self.config.storage_path}
+        for name, st in self.state.stages.items():
+            if st.checkpoint:
+                values[f"{name}.path"] = st.checkpoint["path"]
+        return values
+
+    def entrypoint(self, spec: StageSpec) -> str:
+        """The shell command of `spec`'s job."""
+        values = self._values()
+        # A local cluster runs jobs on this machine: this interpreter, from this checkout.
+        # On a cluster the job's own `python` runs the uploaded working directory.
+        python = sys.executable if self.local else "python"
+        if spec.stage:
+            args = [
+                "-m",
+                f"pipelines.{spec.stage}",
+                "--config",
+                spec.config,
+                *(substitute(o, values) for o in spec.overrides),
+                f"run.name={spec.name}",
+                f"run.storage_path={self.config.storage_path}",
+            ]
+            if spec.stage != "ppo":
+                args.append(f"register_as={spec.name}")
+        else:
+            args = ["-m", "pipelines.cli", *(substitute(a, values) for a in spec.rayalign)]
+        command = shlex.join([python, *args])
+        return f"cd {shlex.quote(str(REPO))} && {command}" if self.local else command
+
+    def _submit(self, spec: StageSpec) -> None:
+        st = self.state.stages[spec.name]
+        runtime_env = dict(self.config.runtime_env)
+        if not self.local:
+            runtime_env.setdefault("working_dir", str(REPO))
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                st.job_id = self.client.submit_job(
+                    entrypoint=self.entrypoint(spec),
+                    runtime_env=runtime_env or None,
+                    metadata={"rayalign_pipeline": self.config.name, "rayalign_stage": spec.name},
+                )
+                break
+            except RuntimeError as err:
+                # A cluster that just started has no job agent for a few seconds.
+                if "No available agent" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+        st.status, st.started, st.message = "running", time.time(), ""
+        st.attempts += 1
+        self._printed[spec.name] = 0
+        print(f"[pipeline] {spec.name}: submitted job {st.job_id}", flush=True)
+
+    # The loop -----------------------------------------------------------------------
+
+    def _stream(self, name: str, job_id: str) -> str:
+        logs = self.client.get_job_logs(job_id)
+        new = logs[self._printed.get(name, 0) :]
+        for line in new.splitlines():
+            print(f"[{name}] {line}", flush=True)
+        self._printed[name] = len(logs)
+        return logs
+
+    def _finish(self, spec: StageSpec, status: str) -> None:
+        st = self.state.stages[spec.name]
+        logs = self._stream(spec.name, st.job_id)
+        st.finished = time.time()
+        if status == "SUCCEEDED":
+            st.status, st.checkpoint = "succeeded", _registered(logs)
+            took = st.finished - (st.started or st.finished)
+            print(f"[pipeline] {spec.name}: succeeded in {took:.0f}s", flush=True)
+            return
+        st.status = "failed"
+        st.message = f"job {st.job_id} {status.lower()}"
+        print(f"[pipeline] {spec.name}: FAILED ({st.message}); see the log above", flush=True)
+        for child in self.config.children(spec.name):
+            self.state.stages[child].status = "blocked"
+            self.state.stages[child].message = f"not run: {spec.name} failed"
+            print(f"[pipeline] {child}: not run, because {spec.name} failed", flush=True)
+
+    def run(self, poll_s: float = 2.0) -> bool:
+        """Run every unfinished stage. Returns whether all succeeded."""
+        for s in self.stages:
+            st = self.state.stages[s.name]
+            if st.status == "succeeded":
+                print(f"[pipeline] {s.name}: done earlier, skipped", flush=True)
+            elif st.status != "pending":
+                st.status, st.message = "pending", ""  # failed, blocked or interrupted: again
+        self.state.save(self.path)
+        try:
+            while True:
+                running = [s for s in self.stages if self.state.stages[s.name].status == "running"]
+                for s in running:
+                    status = str(self.client.get_job_status(self.state.stages[s.name].job_id))
+                    status = status.split(".")[-1]
+                    if status in TERMINAL:
+                        self._finish(s, status)
+                    else:
+                        self._stream(s.name, self.state.stages[s.name].job_id)
+                running = [s for s in self.stages if self.state.stages[s.name].status == "running"]
+                done = {n for n, st in self.state.stages.items() if st.status == "succeeded"}
+                ready = [
+                    s
+                    for s in self.stages
+                    if self.state.stages[s.name].status == "pending" and set(s.after) <= done
+                ]
+                for s in ready[: max(0, self.config.max_parallel - len(running))]:
+                    self._submit(s)
+                self.state.save(self.path)
+                if not running and not ready:
+                    break
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            self._stop_running()
+            raise
+        finally:
+            self.state.save(self.path)
+        return all(st.status == "succeeded" for st in self.state.stages.values())
+
+    def _stop_running(self) -> None:
+        for name, st in self.state.stages.items():
+            if st.status == "running" and st.job_id:
+                print(f"[pipeline] {name}: stopping job {st.job_id}", flush=True)
+                self.client.stop_job(st.job_id)
+                st.status, st.message = "interrupted", "stopped by Ctrl-C"
+
+
+def status_table(config: PipelineConfig) -> str:
+    """One line per stage: state, wall time, checkpoint and its metrics."""
+    state = PipelineState.load(state_path(config))
+    lines = [f"{'stage':<14} {'state':<12} {'time':>7}  checkpoint / metrics"]
+    for s in config.ordered():
+        st = state.stages.get(s.name, StageState())
+        took = f"{st.finished - st.started:.0f}s" if st.started and st.finished else "-"
+        detail = st.message
+        if st.checkpoint:
+            metrics = st.checkpoint.get("metrics", {})
+            shown = ", ".join(f"{k}={v:.3g}" for k, v in sorted(metrics.items()) if k != "step")
+            detail = f"{st.checkpoint['path']} (step {st.checkpoint.get('step')}) {shown}"
+        lines.append(f"{s.name:<14} {st.status:<12} {took:>7}  {detail}")
+    return "\n".join(lines)
+
+
+def run_pipeline(config: PipelineConfig, address: str | None = None) -> bool:
+    """Run `config` on the cluster at `address`, or on a local cluster started (and shut
+    down) for it. Returns whether every stage succeeded."""
+    from pipelines.cluster import local_head_node
+
+    if address is not None:
+        ok = PipelineRunner(config, address, local=False).run()
+    else:
+        # Stage paths are resolved here, where the jobs also run.
+        storage = str(Path(config.storage_path).resolve())
+        config = config.model_copy(update={"storage_path": storage})
+        with local_head_node() as address:
+            print(f"[pipeline] started a local Ray cluster (jobs API {address})", flush=True)
+            ok = PipelineRunner(config, address, local=True).run()
+    print(status_table(config), flush=True)
+    return ok
