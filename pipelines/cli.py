@@ -157,7 +157,13 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
     config = load_config(PipelineConfig, args.config, args.overrides)
     if args.pipeline_command == "status":
         print(status_table(config))
-    elif not run_pipeline(config, args.address):
+        return
+    try:
+        ok = run_pipeline(config, args.address)
+    except KeyboardInterrupt:
+        print("[pipeline] interrupted: rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    if not ok:
         raise SystemExit(1)
 
 

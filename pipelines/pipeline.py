@@ -73,6 +73,31 @@ def _registered(logs: str) -> dict[str, Any] | None:
     return None
 
 
+def stage_entrypoint(spec: StageSpec, values: dict[str, str], storage: str, local: bool) -> str:
+    """The shell command of `spec`'s job, with ${...} references filled from `values`.
+
+    A local cluster runs jobs on this machine: this interpreter, from this checkout. On a
+    cluster the job's own `python` runs in the uploaded working directory.
+    """
+    python = sys.executable if local else "python"
+    if spec.stage:
+        args = [
+            "-m",
+            f"pipelines.{spec.stage}",
+            "--config",
+            spec.config,
+            *(substitute(o, values) for o in spec.overrides),
+            f"run.name={spec.name}",
+            f"run.storage_path={storage}",
+        ]
+        if spec.stage != "ppo":  # the RL stage registers under its run name
+            args.append(f"register_as={spec.name}")
+    else:
+        args = ["-m", "pipelines.cli", *(substitute(a, values) for a in spec.rayalign)]
+    command = shlex.join([python, *args])
+    return f"cd {shlex.quote(str(REPO))} && {command}" if local else command
+
+
 class PipelineRunner:
     """Runs a `PipelineConfig` against the Ray Jobs API at `address`."""
 
@@ -98,29 +123,6 @@ class PipelineRunner:
                 values[f"{name}.path"] = st.checkpoint["path"]
         return values
 
-    def entrypoint(self, spec: StageSpec) -> str:
-        """The shell command of `spec`'s job."""
-        values = self._values()
-        # A local cluster runs jobs on this machine: this interpreter, from this checkout.
-        # On a cluster the job's own `python` runs the uploaded working directory.
-        python = sys.executable if self.local else "python"
-        if spec.stage:
-            args = [
-                "-m",
-                f"pipelines.{spec.stage}",
-                "--config",
-                spec.config,
-                *(substitute(o, values) for o in spec.overrides),
-                f"run.name={spec.name}",
-                f"run.storage_path={self.config.storage_path}",
-            ]
-            if spec.stage != "ppo":
-                args.append(f"register_as={spec.name}")
-        else:
-            args = ["-m", "pipelines.cli", *(substitute(a, values) for a in spec.rayalign)]
-        command = shlex.join([python, *args])
-        return f"cd {shlex.quote(str(REPO))} && {command}" if self.local else command
-
     def _submit(self, spec: StageSpec) -> None:
         st = self.state.stages[spec.name]
         runtime_env = dict(self.config.runtime_env)
@@ -129,8 +131,11 @@ class PipelineRunner:
         deadline = time.monotonic() + 120
         while True:
             try:
+                command = stage_entrypoint(
+                    spec, self._values(), self.config.storage_path, self.local
+                )
                 st.job_id = self.client.submit_job(
-                    entrypoint=self.entrypoint(spec),
+                    entrypoint=command,
                     runtime_env=runtime_env or None,
                     metadata={"rayalign_pipeline": self.config.name, "rayalign_stage": spec.name},
                 )

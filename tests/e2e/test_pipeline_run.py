@@ -1,0 +1,193 @@
+"""`rayalign pipeline run` against a `ray start --head` cluster by address: interrupted
+once, rerun, finished stages skipped, every checkpoint registered and then served."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.serving.conftest import free_port
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _pipeline(storage: Path) -> dict:
+    tiny = ["training.save_steps=20", "data.preference_eval=null"]
+    return {
+        "name": "e2e",
+        "storage_path": str(storage),
+        "stages": [
+            {
+                "name": "base",
+                "rayalign": ["init-model", "--preset", "tiny", "--out", "${storage}/base"],
+            },
+            {
+                "name": "data",
+                "rayalign": [
+                    "data",
+                    "make",
+                    "--out",
+                    "${storage}/data",
+                    "--n-train",
+                    "100",
+                    "--n-test",
+                    "20",
+                ],
+            },
+            {
+                "name": "sft",
+                "stage": "sft",
+                "config": "configs/tiny/sft.yaml",
+                "after": ["base", "data"],
+                "overrides": [
+                    "model.name_or_path=${storage}/base",
+                    "data.train=${storage}/data/sft_train.jsonl",
+                    "data.eval=null",
+                    "data.prompts_eval=${storage}/data/prompts_test.jsonl",
+                    "training.max_steps=400",
+                    *tiny,
+                ],
+            },
+            {
+                "name": "dpo",
+                "stage": "dpo",
+                "config": "configs/tiny/dpo.yaml",
+                "after": ["sft"],
+                "overrides": [
+                    "model.name_or_path=${sft.path}",
+                    "data.train=${storage}/data/preference_train.jsonl",
+                    "data.prompts_eval=null",
+                    "training.max_steps=10",
+                    *tiny,
+                ],
+            },
+        ],
+    }
+
+
+def _committed(run_dir: Path) -> bool:
+    """Whether Ray Train has registered a checkpoint of the run (its manager's snapshot):
+    a checkpoint directory alone may not be resumable yet."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(snapshot.get("latest_checkpoint_result"))
+
+
+def _state(storage: Path) -> dict:
+    path = storage / "pipeline-e2e.json"
+    return json.loads(path.read_text())["stages"] if path.exists() else {}
+
+
+def _run(config: Path, address: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "rayalign"), "pipeline", "run", "--config", str(config), "--address", address],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_pipeline_interrupted_rerun_skips_finished_and_serves_all(head_node, tmp_path):
+    storage = tmp_path / "runs"
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(_pipeline(storage)))
+
+    first = _run(config, head_node.address, head_node.env)
+    deadline = time.time() + 600
+    while not _committed(storage / "sft"):
+        assert first.poll() is None, first.stdout.read()[-3000:]
+        assert time.time() < deadline, "sft wrote no checkpoint"
+        time.sleep(0.5)
+    first.send_signal(signal.SIGINT)
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 130, out[-3000:]
+    state = _state(storage)
+    assert state["base"]["status"] == state["data"]["status"] == "succeeded"
+    assert state["sft"]["status"] == "interrupted" and state["dpo"]["status"] == "pending"
+
+    second = _run(config, head_node.address, head_node.env)
+    out, _ = second.communicate(timeout=900)
+    assert second.returncode == 0, out[-3000:]
+    assert "[pipeline] base: done earlier, skipped" in out
+    assert "[pipeline] data: done earlier, skipped" in out
+    assert "[sft] " in out and "[dpo] " in out  # the jobs' logs were streamed
+    attempts = [
+        json.loads(x) for x in (storage / "sft" / "attempts.jsonl").read_text().splitlines()
+    ]
+    assert attempts[0]["start_step"] == 0 and attempts[-1]["start_step"] >= 20
+    state = _state(storage)
+    assert all(s["status"] == "succeeded" for s in state.values()), state
+    registry = json.loads((storage / "registry.json").read_text())["checkpoints"]
+    assert set(registry) == {"sft", "dpo"}
+    assert state["dpo"]["checkpoint"]["path"] == registry["dpo"]["path"]
+    assert registry["dpo"]["parent"] == registry["sft"]["path"]
+    status = subprocess.run(
+        [str(BIN / "rayalign"), "pipeline", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0 and "dpo" in status.stdout and "succeeded" in status.stdout
+
+    # Every registered checkpoint is served.
+    port = free_port()
+    serve = subprocess.Popen(
+        [
+            str(BIN / "rayalign"),
+            "serve",
+            "--registry",
+            str(storage),
+            "--port",
+            str(port),
+            "--no-watch",
+            "--address",
+            head_node.gcs,
+            "--set",
+            "chat.max_model_len=128",
+        ],
+        env=head_node.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 300
+        models: set[str] = set()
+        while models != {"sft", "dpo"}:
+            assert serve.poll() is None, serve.stdout.read()[-3000:]
+            assert time.time() < deadline, f"served models: {models}"
+            time.sleep(2)
+            try:
+                reply = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
+                models = {m["id"] for m in reply["data"]}
+            except httpx.HTTPError:
+                pass
+        for model in models:
+            reply = httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json={
+                    "model": model,
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 4,
+                },
+                timeout=60,
+            )
+            assert reply.status_code == 200, reply.text
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            serve.kill()
