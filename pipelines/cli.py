@@ -170,7 +170,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pipelines.demo import run_demo
 
-    run_demo(args.out)
+    run_demo(args.out, port=args.port, serve=not args.no_serve, pipeline=Path(args.pipeline))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="runs/demo", help="storage path of the demo's runs and registry"
     )
+    p.add_argument("--port", type=int, default=8000, help="port of the endpoint at the end")
+    p.add_argument("--no-serve", action="store_true", help="stop after the comparison")
+    p.add_argument("--pipeline", default="configs/tiny/pipeline.yaml", help="the pipeline to run")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import ray
 
@@ -42,10 +43,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class HeadNode(NamedTuple):
+    jobs: str  # the dashboard / Jobs API URL
+    gcs: str  # the address ray.init() and `rayalign ... --address` take
+
+
 @contextmanager
-def local_head_node(num_cpus: int | None = None, timeout_s: float = 180) -> Iterator[str]:
-    """A `ray start --head` cluster on loopback for the duration of the block; yields the
-    Jobs API address. Every port is a free one, so it never collides with another cluster.
+def local_head_node(num_cpus: int | None = None, timeout_s: float = 180) -> Iterator[HeadNode]:
+    """A `ray start --head` cluster on loopback for the duration of the block. Every port
+    is a free one, so it never collides with another cluster on the machine.
     """
     ray_bin = str(Path(sys.executable).parent / "ray")
     dash_port = _free_port()
@@ -92,7 +98,7 @@ def local_head_node(num_cpus: int | None = None, timeout_s: float = 180) -> Iter
                 if head.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the local Ray head node did not come up") from None
                 time.sleep(1)
-        yield address
+        yield HeadNode(address, f"127.0.0.1:{ports['port']}")
     finally:
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGTERM)

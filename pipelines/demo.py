@@ -1,188 +1,157 @@
-"""`make demo`: the whole post-training pipeline on one local Ray cluster, small model.
+"""`make demo`: the whole post-training pipeline on one local Ray cluster, then every stage
+served on one OpenAI-compatible endpoint.
 
-base model -> SFT -> reward model -> PPO, with DPO, KTO and GRPO branches from the same
-SFT checkpoint; every stage registered in runs/demo/registry.json and compared on the
-same held-out exact-match accuracy.
+base model -> SFT -> reward model -> PPO, with DPO, KTO and GRPO branches from SFT
+(configs/tiny/pipeline.yaml), each stage a Ray job on a local `ray start --head` cluster.
+Then: a table comparing the stages on the same held-out questions, summary.json and
+curves.png in the run directory, and the endpoint with the commands to query it, until
+Ctrl-C.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from pipelines.config import load_config
+from pipelines.pipeline_config import PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs" / "tiny"
-# Sums of operands 0..19: the small model learns them in ~1000 CPU steps (verbose answers in
-# the SFT data stalled that learning, see tests/conftest.py).
-TASK_OPTIONS = {"max_operand": 19, "ops": "+"}
+PIPELINE = ROOT / "configs" / "tiny" / "pipeline.yaml"
+CHAT_STAGES = ["base", "sft", "dpo", "kto", "grpo", "ppo"]
+COLUMNS = {
+    "heldout_accuracy": "accuracy",
+    "heldout_reward": "RL reward",
+    "heldout_pairwise_accuracy": "RM pair acc",
+    "seconds": "wall s",
+}
 
 
-def _prepare(out: Path) -> tuple[Path, Path, Path]:
-    """The base model, the task splits, and the same questions with eight wrong answers each
-    (the reward model's pairs)."""
-    from pipelines.model_factory import init_model
-    from pipelines.tasks import build_task
-    from pipelines.tasks.splits import write_task_data
-
-    base, data, pairs = out / "base", out / "data", out / "data-pairs"
-    if not (base / "model.safetensors").exists():
-        print("[demo] building the small random model and its tokenizer", flush=True)
-        init_model("small", base, seed=0)
-    for path, rejected in ((data, 1), (pairs, 8)):
-        if not (path / "manifest.json").exists():
-            print(f"[demo] writing the arithmetic task splits to {path}", flush=True)
-            write_task_data(
-                build_task("arithmetic", TASK_OPTIONS),
-                path,
-                seed=0,
-                n_train=350,
-                n_test=50,
-                rejected_per_prompt=rejected,
-            )
-    return base, data, pairs
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def _stage(name: str, overrides: list[str]):
-    from pipelines.training import STAGES, run_stage
-
-    stage = STAGES[name]()
-    return run_stage(stage, load_config(stage.config_cls, CONFIGS / f"{name}.yaml", overrides))
-
-
-def _rl(config_name: str, overrides: list[str]):
-    from pipelines.ppo import run_rl
-    from pipelines.ppo_config import PPOStageConfig
-
-    return run_rl(load_config(PPOStageConfig, CONFIGS / f"{config_name}.yaml", overrides))
-
-
-def run_demo(out: str = "runs/demo") -> list[dict]:
-    """Run every stage (skipping those already registered) and print the comparison table."""
-    from pipelines.cluster import init_ray
-    from pipelines.evaluate import evaluate
+def summarize(storage: Path, state: dict) -> list[dict]:
+    """One row per stage: held-out accuracy, held-out reward (RL), reward-model pairwise
+    accuracy, wall time."""
     from serving.registry import Registry
 
-    root = Path(out).resolve()
-    base, data, pairs = _prepare(root)
-    init_ray(4)
-    registry = Registry(root)
-    d = f"data.prompts_eval={data / 'prompts_test.jsonl'}"
-    common = [f"run.storage_path={root}"]
-    rows = [
-        {
-            "stage": "base",
-            "heldout_accuracy": evaluate(str(base), str(data / "prompts_test.jsonl")).accuracy,
-        }
-    ]
-    plan = [
-        (
-            "sft",
-            lambda: _stage(
-                "sft",
-                [
-                    *common,
-                    f"model.name_or_path={base}",
-                    f"data.train={data / 'sft_train.jsonl'}",
-                    f"data.eval={data / 'sft_test.jsonl'}",
-                    d,
-                    f"data.preference_eval={data / 'preference_test.jsonl'}",
-                ],
-            ),
-        ),
-        (
-            "rm",
-            lambda: _stage(
-                "reward_model",
-                [
-                    *common,
-                    f"model.name_or_path={registry.get('sft').path}",
-                    f"data.train={pairs / 'preference_train.jsonl'}",
-                    f"data.eval={pairs / 'preference_test.jsonl'}",
-                ],
-            ),
-        ),
-        (
-            "dpo",
-            lambda: _stage(
-                "dpo",
-                [
-                    *common,
-                    f"model.name_or_path={registry.get('sft').path}",
-                    f"data.train={data / 'preference_train.jsonl'}",
-                    d,
-                    f"data.preference_eval={data / 'preference_test.jsonl'}",
-                ],
-            ),
-        ),
-        (
-            "kto",
-            lambda: _stage(
-                "kto",
-                [
-                    *common,
-                    f"model.name_or_path={registry.get('sft').path}",
-                    f"data.train={data / 'unpaired_train.jsonl'}",
-                    d,
-                    f"data.preference_eval={data / 'preference_test.jsonl'}",
-                ],
-            ),
-        ),
-        (
-            "grpo",
-            lambda: _rl(
-                "grpo",
-                [
-                    *common,
-                    f"model.name_or_path={registry.get('sft').path}",
-                    f"data.prompts={data / 'prompts_train.jsonl'}",
-                    d,
-                ],
-            ),
-        ),
-        (
-            "ppo",
-            lambda: _rl(
-                "ppo",
-                [
-                    *common,
-                    f"model.name_or_path={registry.get('sft').path}",
-                    f"rewards.reward_model={registry.get('rm').path}",
-                    f"data.prompts={data / 'prompts_train.jsonl'}",
-                    d,
-                ],
-            ),
-        ),
-    ]
-    for name, run in plan:
-        t = time.time()
-        entry = registry.get(name)
-        if entry is None:
-            print(f"[demo] === stage {name} ===", flush=True)
-            entry = run()
-        rows.append({"stage": name, "seconds": round(time.time() - t, 1), **entry.metrics})
-    _print_table(rows)
-    (root / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"[demo] registry: {root / 'registry.json'}; summary: {root / 'summary.json'}")
+    entries = Registry(storage).entries()
+    rows = []
+    for name in ["base", "sft", "rm", "dpo", "kto", "grpo", "ppo"]:
+        entry, st = entries.get(name), state.get(name)
+        row = {"stage": name, **(entry.metrics if entry else {})}
+        evals = _jsonl(storage / name / "eval.jsonl")
+        if evals:
+            row["heldout_reward"] = evals[-1]["heldout_reward"]
+            row["heldout_reward_before"] = evals[0]["heldout_reward"]
+        if st and st.started and st.finished:
+            row["seconds"] = round(st.finished - st.started, 1)
+        rows.append(row)
     return rows
 
 
-def _print_table(rows: list[dict]) -> None:
-    cols = [
-        "heldout_accuracy",
-        "heldout_contains_answer",
-        "heldout_margin",
-        "heldout_pairwise_accuracy",
-        "reward",
-        "seconds",
-    ]
-    print("\n" + f"{'stage':<8}" + "".join(f"{c.removeprefix('heldout_'):>20}" for c in cols))
+def print_table(rows: list[dict]) -> None:
+    print("\n" + f"{'stage':<8}" + "".join(f"{label:>14}" for label in COLUMNS.values()))
     for row in rows:
         cells = "".join(
-            f"{row[c]:>20.3f}" if isinstance(row.get(c), int | float) else f"{'-':>20}"
-            for c in cols
+            f"{row[c]:>14.3f}" if isinstance(row.get(c), int | float) else f"{'-':>14}"
+            for c in COLUMNS
         )
         print(f"{row['stage']:<8}{cells}")
-    print()
+    print(flush=True)
+
+
+def plot_curves(storage: Path, rows: list[dict], out: Path) -> None:
+    """Training loss of the offline stages, reward per RL step, held-out accuracy per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, reward_ax, acc_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
+    for name in ["sft", "rm", "dpo", "kto"]:
+        state = storage / name / "final" / "trainer_state.json"
+        if state.exists():
+            log = [h for h in json.loads(state.read_text())["log_history"] if "loss" in h]
+            loss_ax.plot([h["step"] for h in log], [h["loss"] for h in log], ".-", label=name)
+    loss_ax.set(title="offline stages: training loss", xlabel="step", yscale="log")
+    loss_ax.legend()
+    for name in ["grpo", "ppo"]:
+        metrics = _jsonl(storage / name / "metrics.jsonl")
+        if metrics:
+            reward_ax.plot([m["step"] for m in metrics], [m["reward"] for m in metrics], label=name)
+    reward_ax.set(title="RL: mean reward per step", xlabel="step")
+    reward_ax.legend()
+    chat = [r for r in rows if "heldout_accuracy" in r]
+    acc_ax.bar([r["stage"] for r in chat], [r["heldout_accuracy"] for r in chat], color="tab:green")
+    acc_ax.set(title="held-out exact-match accuracy", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def print_usage(port: int, models: list[str]) -> None:
+    url = f"http://127.0.0.1:{port}"
+    print("[demo] query the stages (Ctrl-C stops the endpoint):")
+    print(f"  curl -s {url}/v1/models")
+    for model in models:
+        body = json.dumps(
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": "What is 12 + 7?"}],
+                "max_tokens": 8,
+                "temperature": 0,
+            }
+        )
+        print(
+            f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"
+        )
+    print(
+        "  python -c \"from openai import OpenAI; c = OpenAI(base_url='"
+        + url
+        + "/v1', api_key='-'); print(c.chat.completions.create(model='sft', "
+        "messages=[{'role': 'user', 'content': 'What is 12 + 7?'}], max_tokens=8, temperature=0)"
+        '.choices[0].message.content)"'
+    )
+    print(f"  playground: {url}/", flush=True)
+
+
+def run_demo(
+    out: str = "runs/demo", port: int = 8000, serve: bool = True, pipeline: Path = PIPELINE
+) -> list[dict]:
+    """Run the pipeline's unfinished stages, compare every stage, then serve them all."""
+    from pipelines.cluster import local_head_node
+    from pipelines.evaluate import evaluate
+    from pipelines.pipeline import PipelineRunner, status_table
+    from serving.config import ServingConfig
+    from serving.endpoint import run_endpoint
+    from serving.registry import Registry, RegistryEntry
+
+    storage = Path(out).resolve()
+    config = load_config(PipelineConfig, pipeline, [f"storage_path={storage}"])
+    with local_head_node() as head:
+        print(f"[demo] local Ray cluster up (dashboard and jobs API {head.jobs})", flush=True)
+        runner = PipelineRunner(config, head.jobs, local=True)
+        if not runner.run():
+            print(status_table(config))
+            raise SystemExit("[demo] a stage failed; fix it and rerun `make demo` to resume")
+        registry = Registry(storage)
+        if registry.get("base") is None:
+            base = str(storage / "base")
+            accuracy = evaluate(base, str(storage / "data" / "prompts_test.jsonl")).accuracy
+            registry.register(
+                RegistryEntry("base", "base", "chat", base, metrics={"heldout_accuracy": accuracy})
+            )
+        rows = summarize(storage, runner.state.stages)
+        print_table(rows)
+        (storage / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+        plot_curves(storage, rows, storage / "curves.png")
+        print(f"[demo] wrote {storage / 'summary.json'} and {storage / 'curves.png'}", flush=True)
+        if serve:
+            models = [*CHAT_STAGES, "rm"]
+            serving = ServingConfig(
+                registry=str(storage), port=port, models=models, watch_interval_s=None
+            )
+            run_endpoint(serving, address=head.gcs, on_ready=lambda: print_usage(port, CHAT_STAGES))
+    return rows

@@ -251,8 +251,8 @@ def run_pipeline(config: PipelineConfig, address: str | None = None) -> bool:
         # Stage paths are resolved here, where the jobs also run.
         storage = str(Path(config.storage_path).resolve())
         config = config.model_copy(update={"storage_path": storage})
-        with local_head_node() as address:
-            print(f"[pipeline] started a local Ray cluster (jobs API {address})", flush=True)
-            ok = PipelineRunner(config, address, local=True).run()
+        with local_head_node() as head:
+            print(f"[pipeline] started a local Ray cluster (jobs API {head.jobs})", flush=True)
+            ok = PipelineRunner(config, head.jobs, local=True).run()
     print(status_table(config), flush=True)
     return ok

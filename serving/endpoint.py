@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import ray
 from ray import serve
@@ -47,9 +48,12 @@ def print_usage(config: ServingConfig, names: list[str]) -> None:
     print(f"[serve] try: curl -s {url}/v1/models{auth}")
 
 
-def run_endpoint(config: ServingConfig, address: str | None = None) -> None:
+def run_endpoint(
+    config: ServingConfig, address: str | None = None, on_ready: Callable[[], None] | None = None
+) -> None:
     """Start the endpoint with the registry's checkpoints and keep it in step with the
-    registry (when `config.watch_interval_s` is set) until interrupted; then shut down."""
+    registry (when `config.watch_interval_s` is set) until interrupted; then shut down.
+    `on_ready` runs once every model serves."""
     wanted = selected(config)
     connect(address, len(wanted), config)
     stop = {"now": False}
@@ -68,6 +72,8 @@ def run_endpoint(config: ServingConfig, address: str | None = None) -> None:
         watch.sync()
         print(f"[serve] ready in {time.monotonic() - started:.0f}s", flush=True)
         print_usage(config, sorted(watch.published))
+        if on_ready:
+            on_ready()
         while not stop["now"]:
             time.sleep(config.watch_interval_s or 1.0)
             if config.watch_interval_s and not stop["now"]:
