@@ -167,6 +167,12 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _cmd_config_reference(args: argparse.Namespace) -> None:
+    from pipelines.config_reference import render
+
+    print(render(), end="")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pipelines.demo import run_demo
 
@@ -286,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="pipeline config override, e.g. storage_path=runs/other",
         )
         p.set_defaults(func=_cmd_pipeline)
+
+    p = sub.add_parser(
+        "config-reference", help="print every config's fields as Markdown (docs/configuration.md)"
+    )
+    p.set_defaults(func=_cmd_config_reference)
 
     p = sub.add_parser(
         "demo", help="run the whole pipeline on a local cluster with the small model"

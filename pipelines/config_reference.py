@@ -1,0 +1,93 @@
+"""docs/configuration.md, generated from the config models (`rayalign config-reference`).
+
+Every field of every stage's config with its type, default and description, so the
+reference can never drift from the code (a test compares the file with this output).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+
+def _models() -> list[tuple[str, str, type[BaseModel]]]:
+    from pipelines.pipeline_config import PipelineConfig
+    from pipelines.ppo_config import PPOStageConfig
+    from pipelines.training import STAGES
+    from serving.config import ServingConfig
+
+    stages = [
+        (f"{name}", f"`rayalign train {name}` / `python -m pipelines.{name}`", STAGES[name]())
+        for name in ("sft", "reward_model", "dpo", "kto")
+    ]
+    return [
+        *((title, how, stage.config_cls) for title, how, stage in stages),
+        ("ppo", "`rayalign train ppo` (PPO, GRPO, RLOO)", PPOStageConfig),
+        ("pipeline", "`rayalign pipeline run --config`", PipelineConfig),
+        ("serve", "`rayalign serve --config`", ServingConfig),
+    ]
+
+
+def _type_name(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(f"`{a}`" for a in get_args(annotation))
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "").replace("pipelines.", "").replace("NoneType", "None")
+
+
+def _default(field) -> str:
+    if field.default_factory is not None:
+        try:
+            value = field.default_factory()
+        except TypeError:
+            return "(default)"
+        if isinstance(value, BaseModel):
+            return "(section)"
+        return f"`{json.dumps(value)}`"
+    if field.default is PydanticUndefined:
+        return "**required**"
+    return f"`{json.dumps(field.default)}`"
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        nested = _section_model(field.annotation)
+        if nested is not None and "StageSpec" not in nested.__name__:
+            rows.append(f"| `{key}` | section | {_default(field)} | {field.description or ''} |")
+            rows.extend(_rows(nested, f"{key}."))
+            continue
+        kind = _type_name(field.annotation).replace("|", "or")
+        rows.append(f"| `{key}` | {kind} | {_default(field)} | {field.description or ''} |")
+    return rows
+
+
+def render() -> str:
+    """The whole reference as Markdown."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the config models by `rayalign config-reference`; do not edit by hand.",
+        "Every config is YAML; unknown keys are errors, and any field can be overridden on the",
+        "command line as `dotted.key=value` (`--set` for `pipeline` and `serve`).",
+        "",
+    ]
+    for title, how, model in _models():
+        out += [f"## {title}", "", f"{how}: `{model.__name__}`", ""]
+        out += ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+        out += _rows(model)
+        out.append("")
+    return "\n".join(out)
