@@ -29,6 +29,14 @@ class DPOOptions(Strict):
     ref_model: str | None = Field(
         None, description="Reference model; default: the frozen starting model."
     )
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Weight of an added NLL loss on the chosen answers (RPO); > 0 keeps the policy "
+            "producing the preferred answers while the preference loss pushes rejected ones down."
+        ),
+    )
 
 
 class DPOStageConfig(StageConfig):
@@ -54,7 +62,10 @@ def build_trainer(config: DPOStageConfig, args: dict[str, Any]):
     dpo_args = DPOConfig(
         **args,
         beta=config.dpo.beta,
-        loss_type=[config.dpo.loss_type],
+        loss_type=[config.dpo.loss_type, "sft"]
+        if config.dpo.sft_weight
+        else [config.dpo.loss_type],
+        loss_weights=[1.0, config.dpo.sft_weight] if config.dpo.sft_weight else None,
         label_smoothing=config.dpo.label_smoothing,
         max_length=config.data.max_length,
     )
