@@ -179,6 +179,12 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, port=args.port, serve=not args.no_serve, pipeline=Path(args.pipeline))
 
 
+def _add_set_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayalign", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -259,14 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma-separated registry names to serve (default: all)")
     p.add_argument("--no-watch", action="store_true", help="do not follow registry changes")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="ServingConfig override, repeatable (e.g. chat.replicas.max_replicas=2)",
-    )
+    _add_set_option(p, "ServingConfig override, repeatable (e.g. chat.replicas.max_replicas=2)")
     p.add_argument("--print-config", action="store_true", help="print a Serve config YAML and exit")
     p.set_defaults(func=_cmd_serve)
 
@@ -283,14 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--address",
             help="Ray Jobs API of a cluster, e.g. http://127.0.0.1:8265 (default: a local cluster)",
         )
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="pipeline config override, e.g. storage_path=runs/other",
-        )
+        _add_set_option(p, "pipeline config override, e.g. storage_path=runs/other")
         p.set_defaults(func=_cmd_pipeline)
 
     p = sub.add_parser(

@@ -49,9 +49,12 @@ class HeadNode(NamedTuple):
 
 
 @contextmanager
-def local_head_node(num_cpus: int | None = None, timeout_s: float = 180) -> Iterator[HeadNode]:
+def local_head_node(
+    num_cpus: int | None = None, timeout_s: float = 180, env: dict[str, str] | None = None
+) -> Iterator[HeadNode]:
     """A `ray start --head` cluster on loopback for the duration of the block. Every port
-    is a free one, so it never collides with another cluster on the machine.
+    is a free one, so it never collides with another cluster on the machine. `env` is
+    the environment of the cluster's processes (job entrypoints included).
     """
     ray_bin = str(Path(sys.executable).parent / "ray")
     dash_port = _free_port()
@@ -64,7 +67,7 @@ def local_head_node(num_cpus: int | None = None, timeout_s: float = 180) -> Iter
         "ray-client-server-port": _free_port(),
         "runtime-env-agent-port": _free_port(),
     }
-    env = {**os.environ}
+    env = {**(os.environ if env is None else env)}
     env.pop("RAY_ADDRESS", None)
     # Ray counts CPUs logically: declare enough for a stage's actors on a small machine.
     cpus = num_cpus or max(8, os.cpu_count() or 1)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.e2e.conftest import served_models, start_serve
 from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -143,25 +144,7 @@ def test_pipeline_interrupted_rerun_skips_finished_and_serves_all(head_node, tmp
 
     # Every registered checkpoint is served.
     port = free_port()
-    serve = subprocess.Popen(
-        [
-            str(BIN / "rayalign"),
-            "serve",
-            "--registry",
-            str(storage),
-            "--port",
-            str(port),
-            "--no-watch",
-            "--address",
-            head_node.gcs,
-            "--set",
-            "chat.max_model_len=128",
-        ],
-        env=head_node.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    serve = start_serve(storage, port, head_node)
     try:
         deadline = time.time() + 300
         models: set[str] = set()
@@ -169,11 +152,7 @@ def test_pipeline_interrupted_rerun_skips_finished_and_serves_all(head_node, tmp
             assert serve.poll() is None, serve.stdout.read()[-3000:]
             assert time.time() < deadline, f"served models: {models}"
             time.sleep(2)
-            try:
-                reply = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
-                models = {m["id"] for m in reply["data"]}
-            except httpx.HTTPError:
-                pass
+            models = served_models(port)
         for model in models:
             reply = httpx.post(
                 f"http://127.0.0.1:{port}/v1/chat/completions",

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.conftest import served_models, start_serve
 from tests.serving.conftest import free_port, register_tiny
 
 pytestmark = pytest.mark.slow
@@ -21,13 +22,6 @@ def _rayalign(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "rayalign"), *args], env=env, capture_output=True, text=True, timeout=600
     )
-
-
-def _models(url: str) -> set[str]:
-    try:
-        return {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]}
-    except (httpx.HTTPError, KeyError, ValueError):
-        return set()
 
 
 def _wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen) -> None:
@@ -43,35 +37,17 @@ def test_serve_publish_remove_and_ctrl_c(head_node, tmp_path):
     register_tiny(registry, "base", seed=0)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    serve = subprocess.Popen(
-        [
-            str(BIN / "rayalign"),
-            "serve",
-            "--registry",
-            str(registry),
-            "--port",
-            str(port),
-            "--no-watch",
-            "--address",
-            head_node.gcs,
-            "--set",
-            "chat.max_model_len=128",
-        ],
-        env=head_node.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    serve = start_serve(registry, port, head_node)
     try:
-        _wait_for(lambda: _models(url) == {"base"}, 300, "the endpoint", serve)
+        _wait_for(lambda: served_models(port) == {"base"}, 300, "the endpoint", serve)
         # A checkpoint registered later is published on demand, by name.
         register_tiny(registry, "late", seed=1)
-        assert _models(url) == {"base"}  # --no-watch: nothing happens by itself
+        assert served_models(port) == {"base"}  # --no-watch: nothing happens by itself
         args = ("--registry", str(registry), "--address", head_node.gcs)
         published = _rayalign("serve", "publish", "late", *args, env=head_node.env)
         assert published.returncode == 0, published.stderr[-3000:]
         time.sleep(1.5)  # the ingress refreshes its model list every second
-        assert _models(url) == {"base", "late"}
+        assert served_models(port) == {"base", "late"}
         reply = httpx.post(
             f"{url}/v1/chat/completions",
             json={
@@ -87,7 +63,7 @@ def test_serve_publish_remove_and_ctrl_c(head_node, tmp_path):
         removed = _rayalign("serve", "remove", "late", *args, env=head_node.env)
         assert removed.returncode == 0, removed.stderr[-3000:]
         time.sleep(1.5)
-        assert _models(url) == {"base"}
+        assert served_models(port) == {"base"}
         # Ctrl-C shuts the endpoint down cleanly.
         serve.send_signal(signal.SIGINT)
         out, _ = serve.communicate(timeout=120)
