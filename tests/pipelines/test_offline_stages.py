@@ -54,6 +54,8 @@ def test_sft_raises_heldout_accuracy(sft_entry, small_model, easy_data, runs_dir
     }
 
 
+# The session's reward model (1500 steps, about 6 minutes here) trains in this test's setup.
+@pytest.mark.timeout(1800)
 def test_reward_model_ranks_heldout_pairs(rm_entry):
     print("reward model:", rm_entry.metrics)
     assert rm_entry.kind == "reward"
