@@ -134,7 +134,10 @@ def test_publish_while_another_model_streams(endpoint, client):
     assert not errors, errors
     assert len(results) >= 2, "the stream did not overlap the publication"
     assert all(finish == "length" for _, finish in results), results
-    assert "late" in {m.id for m in client.models.list().data}
+    deadline = time.time() + 10  # the ingress refreshes its model list every second
+    while "late" not in {m.id for m in client.models.list().data}:
+        assert time.time() < deadline, "the published model never appeared in /v1/models"
+        time.sleep(0.5)
     _greedy(client, "late")
 
 
