@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -68,12 +67,6 @@ async def _load(url: str, model: str, n: int, concurrency: int, max_tokens: int)
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--registry", help="serve this registry's --model instead of a tiny one")
@@ -88,6 +81,7 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from pipelines.cluster import free_port
     from serving.config import ServingConfig
     from serving.deploy import RegistryWatch, start_endpoint
     from serving.registry import Registry, RegistryEntry
@@ -98,7 +92,7 @@ def main() -> None:
         path = model_dir(args.preset)
         Registry(registry).register(RegistryEntry(args.model, "base", "chat", path))
     config = ServingConfig(
-        registry=registry, port=_free_port(), models=[args.model], watch_interval_s=None
+        registry=registry, port=free_port(), models=[args.model], watch_interval_s=None
     )
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:

@@ -19,25 +19,26 @@ from typing import NamedTuple
 import ray
 
 
-def init_ray(min_cpus: float) -> None:
-    """Attach to the cluster the driver runs in (a Ray job, RAY_ADDRESS, `ray start`),
-    else start a local one declaring at least `min_cpus` logical CPUs.
+def init_ray(min_cpus: float, address: str | None = None, **init_kwargs) -> None:
+    """Attach to `address`, or to the cluster the driver runs in (a Ray job, RAY_ADDRESS,
+    `ray start`), else start a local one declaring at least `min_cpus` logical CPUs.
 
     Ray schedules by logical CPUs: on a 2-core machine a stage whose actors ask for
     3 CPUs in total would wait forever, although they share the cores happily.
     """
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, **init_kwargs)
         return
     try:
-        ray.init(address="auto")
+        ray.init(address="auto", **init_kwargs)
     except ConnectionError:
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)))
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)), **init_kwargs)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -57,15 +58,15 @@ def local_head_node(
     the environment of the cluster's processes (job entrypoints included).
     """
     ray_bin = str(Path(sys.executable).parent / "ray")
-    dash_port = _free_port()
+    dash_port = free_port()
     ports = {
-        "port": _free_port(),
+        "port": free_port(),
         "dashboard-port": dash_port,
-        "dashboard-agent-listen-port": _free_port(),
-        "dashboard-agent-grpc-port": _free_port(),
-        "metrics-export-port": _free_port(),
-        "ray-client-server-port": _free_port(),
-        "runtime-env-agent-port": _free_port(),
+        "dashboard-agent-listen-port": free_port(),
+        "dashboard-agent-grpc-port": free_port(),
+        "metrics-export-port": free_port(),
+        "ray-client-server-port": free_port(),
+        "runtime-env-agent-port": free_port(),
     }
     env = {**(os.environ if env is None else env)}
     env.pop("RAY_ADDRESS", None)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -11,6 +9,7 @@ from collections.abc import Callable
 import ray
 from ray import serve
 
+from pipelines.cluster import init_ray
 from serving.config import ServingConfig
 from serving.deploy import RegistryWatch, ServeError, selected, start_endpoint
 
@@ -22,17 +21,9 @@ _HEADROOM_MODELS = 6
 def connect(address: str | None, models: int, config: ServingConfig) -> None:
     """Attach to `address` (or RAY_ADDRESS / a `ray start` cluster), else start a local
     cluster sized for `models` models plus headroom."""
-    if ray.is_initialized():
-        return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, log_to_driver=False)
-        return
-    try:
-        ray.init(address="auto", log_to_driver=False)
-    except ConnectionError:
-        per_model = max(config.chat.cpus_per_replica, config.reward.cpus_per_replica) + 0.1
-        need = config.ingress_cpus + per_model * (models + _HEADROOM_MODELS)
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), log_to_driver=False)
+    per_model = max(config.chat.cpus_per_replica, config.reward.cpus_per_replica) + 0.1
+    need = config.ingress_cpus + per_model * (models + _HEADROOM_MODELS)
+    init_ray(need, address=address, log_to_driver=False)
 
 
 def base_url(config: ServingConfig) -> str:

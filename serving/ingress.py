@@ -38,6 +38,7 @@ from ray.llm._internal.serve.core.ingress.ingress import (
 )
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from serving.config import ReplicaOptions
 from serving.model_apps import app_name, parse_app_name
 from serving.registry import Kind, Registry
 
@@ -304,12 +305,9 @@ def ingress_app(
         FastAPIIngress,
         name="RayalignIngress",
         ray_actor_options={"num_cpus": num_cpus},
-        autoscaling_config={
-            "min_replicas": min_replicas,
-            "initial_replicas": max(min_replicas, 1),
-            "max_replicas": max_replicas,
-            "target_ongoing_requests": 64,
-        },
+        autoscaling_config=ReplicaOptions(
+            min_replicas=min_replicas, max_replicas=max_replicas, target_ongoing_requests=64
+        ).autoscaling(),
         max_ongoing_requests=1000,
     )
     return deployment.bind(

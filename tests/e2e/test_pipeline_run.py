@@ -14,8 +14,8 @@ import httpx
 import pytest
 import yaml
 
+from pipelines.cluster import free_port
 from tests.e2e.conftest import served_models, start_serve
-from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

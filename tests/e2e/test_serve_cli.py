@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipelines.cluster import free_port
 from tests.e2e.conftest import served_models, start_serve
-from tests.serving.conftest import free_port, register_tiny
+from tests.serving.conftest import register_tiny
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
