@@ -346,6 +346,8 @@ class RLRun:
         metrics = {**metrics, **{f"time/{k}": v for k, v in timings.items()}}
         metrics["tokens_per_s"] = metrics["tokens"] / max(timings["generate"], 1e-9)
         metrics["rollout_workers"] = float(self.pool.size)
+        # A resize can land mid-step: the workers that generated this step's samples.
+        metrics["rollout_workers_used"] = float(len(self.pool.stats.samples_per_worker))
         for k, v in metrics.items():
             self.writer.add_scalar(k, v, step)
         with open(self.run_dir / "metrics.jsonl", "a") as f:

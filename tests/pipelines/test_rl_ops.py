@@ -43,9 +43,11 @@ def _overrides(model, data, runs, name):
     ]
 
 
-def _config(model, data, runs, name) -> PPOStageConfig:
+def _config(model, data, runs, name, *extra: str) -> PPOStageConfig:
     return load_config(
-        PPOStageConfig, ROOT / "configs/tiny/grpo.yaml", _overrides(model, data, runs, name)
+        PPOStageConfig,
+        ROOT / "configs/tiny/grpo.yaml",
+        [*_overrides(model, data, runs, name), *extra],
     )
 
 
@@ -54,13 +56,17 @@ def _rows(config) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def _wait_for_step(config, step: int, timeout: float = 300) -> None:
+def _wait_for_row(config, pred, what: str, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if any(r["step"] >= step for r in _rows(config)):
+        if any(pred(r) for r in _rows(config)):
             return
-        time.sleep(0.2)
-    raise AssertionError(f"step {step} never came")
+        time.sleep(0.05)
+    raise AssertionError(f"{what} never came")
+
+
+def _wait_for_step(config, step: int, timeout: float = 300) -> None:
+    _wait_for_row(config, lambda r: r["step"] >= step, f"step {step}", timeout)
 
 
 def _run_in_thread(config):
@@ -88,20 +94,23 @@ def test_scale_1_2_1_while_running(ray_local, tiny_model, arithmetic_data, runs_
 
     from actors.run_controller import find_controller
 
-    config = _config(tiny_model, arithmetic_data, runs_dir, "scale")
+    # Steps take a fraction of a second here while a new vLLM worker takes ~10 s to start,
+    # so scale down only once a step has really run on two workers; 16 steps leave room.
+    config = _config(tiny_model, arithmetic_data, runs_dir, "scale", "rl.steps=16")
     thread, out = _run_in_thread(config)
     _wait_for_step(config, 1)
     controller = find_controller("scale")
     ray.get(controller.set_rollout_workers.remote(2))
-    _wait_for_step(config, 3)
+    _wait_for_row(config, lambda r: r["rollout_workers_used"] == 2, "a step on two workers")
     ray.get(controller.set_rollout_workers.remote(1))
     thread.join(timeout=600)
     rows = _rows(config)
-    sizes = [r["rollout_workers"] for r in rows]
-    print("rollout workers per step:", sizes)
-    assert 2.0 in sizes and sizes[-1] == 1.0
+    used = [r["rollout_workers_used"] for r in rows]
+    print("rollout workers per step:", used)
+    assert used[0] == 1.0 and 2.0 in used and used[-1] == 1.0
+    assert rows[-1]["rollout_workers"] == 1.0
     _every_prompt_answered_once(config, rows)
-    assert out["entry"].step == 6
+    assert out["entry"].step == config.rl.steps
 
 
 def test_killed_generation_worker_mid_run(ray_local, tiny_model, arithmetic_data, runs_dir):
