@@ -10,6 +10,7 @@ BENCHMARKS = [
     ["bench.rollout_throughput", "--preset", "small"],
     ["bench.weight_sync"],
     ["bench.rl_step_phases"],
+    ["bench.rl_vs_trl"],
     ["bench.serve_load"],
     ["bench.offline_overhead"],
     ["bench.learner_efficiency"],
