@@ -3,6 +3,8 @@
 One JSON file per pipeline storage path (`<storage_path>/registry.json`). Stages
 add an entry when they finish; the Serve app reads it. Writes hold a file lock and
 replace the file atomically, so concurrent stages never lose each other's entries.
+Datasets that stages generate (RLAIF pairs, constitutional revisions) are registered
+in the same file, in a section of their own that the Serve app does not read.
 """
 
 from __future__ import annotations
@@ -45,6 +47,31 @@ class RegistryEntry:
     created: float = field(default_factory=time.time)
 
 
+@dataclass
+class DatasetEntry:
+    """One registered dataset (a split a stage generated, e.g. RLAIF's preference pairs).
+
+    Attributes:
+        name: unique name among datasets (`rlaif-preference`).
+        stage: the stage that generated it.
+        format: its TRL format (`preference`, `language_modeling`...).
+        path: absolute path of the JSONL file.
+        parent: the checkpoint whose answers it was made from.
+        rows: number of rows.
+        metrics: how it was made (pairs kept, agreement rate...).
+        created: UNIX time of registration.
+    """
+
+    name: str
+    stage: str
+    format: str
+    path: str
+    parent: str | None = None
+    rows: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+
+
 class Registry:
     """The registry file under a storage path."""
 
@@ -62,15 +89,24 @@ class Registry:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def _raw(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
     def _read(self) -> dict[str, RegistryEntry]:
-        if not self.path.exists():
-            return {}
-        raw = json.loads(self.path.read_text())
+        raw = self._raw()
         return {name: RegistryEntry(**entry) for name, entry in raw.get("checkpoints", {}).items()}
 
-    def _write(self, entries: dict[str, RegistryEntry]) -> None:
+    def _write(
+        self,
+        entries: dict[str, RegistryEntry],
+        datasets: dict[str, DatasetEntry] | None = None,
+    ) -> None:
+        """Replace the file atomically; `datasets=None` keeps the datasets section as it is."""
+        body = self._raw()
+        body["checkpoints"] = {name: asdict(e) for name, e in sorted(entries.items())}
+        if datasets is not None:
+            body["datasets"] = {name: asdict(e) for name, e in sorted(datasets.items())}
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        body = {"checkpoints": {name: asdict(e) for name, e in sorted(entries.items())}}
         tmp.write_text(json.dumps(body, indent=2) + "\n")
         os.replace(tmp, self.path)
 
@@ -88,6 +124,20 @@ class Registry:
             entries = self._read()
             entries[entry.name] = entry
             self._write(entries)
+
+    def datasets(self) -> dict[str, DatasetEntry]:
+        """All registered datasets by name."""
+        with self._locked():
+            raw = self._raw().get("datasets", {})
+            return {name: DatasetEntry(**entry) for name, entry in raw.items()}
+
+    def register_dataset(self, entry: DatasetEntry) -> None:
+        """Add or replace the dataset named `entry.name` (checkpoints are untouched)."""
+        with self._locked():
+            raw = self._raw().get("datasets", {})
+            datasets = {name: DatasetEntry(**e) for name, e in raw.items()}
+            datasets[entry.name] = entry
+            self._write(self._read(), datasets)
 
     def remove(self, name: str) -> bool:
         """Drop an entry (the checkpoint files stay). Returns whether it existed."""

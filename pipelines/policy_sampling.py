@@ -1,0 +1,38 @@
+"""Sample answers from a checkpoint through the vLLM rollout pool (the RL stages' pool)."""
+
+from __future__ import annotations
+
+from actors.batches import PromptRequest, SamplingOptions
+from actors.rollout_pool import RolloutPool
+from pipelines.ppo_config import RolloutConfig
+
+
+def build_pool(model_path: str, rollout: RolloutConfig | None = None, seed: int = 0) -> RolloutPool:
+    """A RolloutPool of GenerationWorkers serving `model_path`, placed as `rollout` says."""
+    from actors.generation_worker import remote_generation_worker
+
+    r = rollout or RolloutConfig()
+    cls = remote_generation_worker(r.cpus_per_worker, r.gpus_per_worker, r.custom_resources)
+
+    def make(name: str):
+        return cls.remote(model_path, name=name, max_model_len=r.max_model_len, seed=seed)
+
+    return RolloutPool(make, r.num_workers, r.chunk_size)
+
+
+def sample_texts(
+    pool: RolloutPool,
+    conversations: list[list[dict]],
+    *,
+    n: int,
+    temperature: float,
+    max_tokens: int,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> list[list[str]]:
+    """`n` answers per conversation (`result[i][j]`: answer j to conversation i)."""
+    requests = [PromptRequest(index=i, messages=c) for i, c in enumerate(conversations)]
+    options = SamplingOptions(
+        n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+    )
+    return [[s.text for s in samples] for samples in pool.generate(requests, options)]

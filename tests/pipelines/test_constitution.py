@@ -1,0 +1,163 @@
+"""Constitutions, principle checks and pairwise labelling with order-bias handling."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigError
+from pipelines.constitution import (
+    critique_messages,
+    labelling_messages,
+    load_constitution,
+    revision_messages,
+)
+from pipelines.labelling import (
+    ProgrammaticLabeller,
+    checks_scorer,
+    import_scorer,
+    label_pairs,
+    parse_verdict,
+)
+from pipelines.principle_checks import no_refusal, number_only, violation_rate
+from pipelines.rlaif import candidate_pairs
+
+ROOT = Path(__file__).resolve().parents[2]
+ARITHMETIC = ROOT / "configs" / "constitutions" / "arithmetic.yaml"
+Q = [{"role": "user", "content": "What is 2 + 3?"}]
+
+
+def test_shipped_constitutions_load():
+    default = load_constitution(ROOT / "configs" / "constitutions" / "default.yaml")
+    assert {p.name for p in default.principles} >= {"harmless", "honest", "helpful"}
+    arithmetic = load_constitution(ARITHMETIC)
+    assert [p.check for p in arithmetic.checked] == ["number_only", "no_refusal"]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (
+            "name: x\nprinciples:\n  - name: a\n    critique_request: c\n",
+            "principles.0.revision_request",
+        ),
+        (
+            "name: x\nprinciples:\n  - {name: a, critique_request: c, revision_request: r, check: nope}\n",
+            "principles.0.check",
+        ),
+        ("name: x\nprinciples: []\n", "principles"),
+        (
+            "name: x\nprinciples:\n  - {name: a, critique_request: c, revision_request: r}\n"
+            "labelling: {template: 'no fields'}\n",
+            "labelling.template",
+        ),
+        (
+            "name: x\nprinciples:\n  - {name: a, critique_request: c, revision_request: r}\n"
+            "  - {name: a, critique_request: c, revision_request: r}\n",
+            "repeated",
+        ),
+    ],
+)
+def test_bad_constitution_names_file_and_field(tmp_path, body, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as err:
+        load_constitution(path)
+    assert str(path) in str(err.value) and field in str(err.value)
+
+
+def test_critique_and_revision_follow_the_paper_format():
+    principle = load_constitution(ARITHMETIC).principle("number_only")
+    critique = critique_messages(Q, "The answer is 5.", principle)
+    assert [m["role"] for m in critique] == ["user", "assistant", "user"]
+    assert critique[-1]["content"] == f"Critique request: {principle.critique_request}"
+    revision = revision_messages(Q, "The answer is 5.", principle, "It has words.")
+    assert [m["role"] for m in revision] == ["user", "assistant", "user", "assistant", "user"]
+    assert revision[3]["content"] == "It has words."
+    assert revision[-1]["content"] == f"Revision request: {principle.revision_request}"
+
+
+def test_labelling_prompt_holds_both_answers_and_every_principle():
+    constitution = load_constitution(ARITHMETIC)
+    (msg,) = labelling_messages(constitution, Q, "5", "The answer is {5}.")
+    text = msg["content"]
+    assert "User: What is 2 + 3?" in text
+    assert "Response A:\n5" in text and "Response B:\nThe answer is {5}." in text
+    assert all(p.name in text for p in constitution.principles)
+
+
+@pytest.mark.parametrize(
+    "answer, ok",
+    [("5", True), (" 95.", True), ("-3", True), ("The answer is 5.", False), ("", False)],
+)
+def test_number_only(answer, ok):
+    assert number_only("What is 2 + 3?", answer) is ok
+
+
+def test_no_refusal_and_violation_rate():
+    assert no_refusal("q", "5")
+    assert not no_refusal("q", "I can't help with that.")
+    assert not no_refusal("q", "  ")
+    rate = violation_rate(number_only, ["q"] * 4, ["1", "2", "The answer is 3.", "x"])
+    assert rate == 0.5
+
+
+@pytest.mark.parametrize(
+    "text, verdict",
+    [("A", "A"), ("b", "B"), ("Response B is better.", "B"), ("tie", None), ("both", None)],
+)
+def test_parse_verdict(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+class PositionBiased:
+    """A labeller that always prefers whichever answer it is shown first."""
+
+    label = "biased"
+
+    def judge(self, prompts, first, second):
+        return ["A"] * len(first)
+
+
+def test_order_bias_is_cancelled():
+    scorer = checks_scorer(load_constitution(ARITHMETIC))
+    fair = ProgrammaticLabeller(scorer, "checks")
+    pairs = [(0, "The answer is 5.", "5"), (0, "5", "The answer is 5."), (0, "5", "6")]
+    kept, stats = label_pairs(fair, [Q], pairs)
+    # Either order of the same pair gives the same label: the number-only answer wins.
+    assert [(p.chosen, p.rejected) for p in kept] == [("5", "The answer is 5.")] * 2
+    assert (stats.kept, stats.ties, stats.inconsistent) == (2, 1, 0)
+    assert stats.agreement_rate == 1.0
+
+    kept, stats = label_pairs(PositionBiased(), [Q], pairs)
+    assert kept == [] and stats.inconsistent == 3 and stats.agreement_rate == 0.0
+
+
+def test_import_scorer_errors_name_the_function():
+    assert import_scorer("pipelines.principle_checks:number_only") is number_only
+    with pytest.raises(ValueError, match="module:function"):
+        import_scorer("number_only")
+    with pytest.raises(ValueError, match="cannot be imported"):
+        import_scorer("pipelines.principle_checks:missing")
+
+
+def test_candidate_pairs_are_distinct_and_bounded():
+    answers = [["5", "5", "The answer is 5.", "6"], ["7", "7"], ["", "8"]]
+    pairs = candidate_pairs(answers, 2, random.Random(0))
+    assert all(i == 0 for i, _, _ in pairs) and len(pairs) == 2
+    assert all(a != b for _, a, b in pairs)
+
+
+def test_registry_keeps_datasets_and_checkpoints_apart(tmp_path):
+    from serving.registry import DatasetEntry, Registry, RegistryEntry
+
+    registry = Registry(tmp_path)
+    registry.register(RegistryEntry(name="sft", stage="sft", kind="chat", path="/m"))
+    registry.register_dataset(
+        DatasetEntry(name="rlaif-preference", stage="rlaif", format="preference", path="/d", rows=3)
+    )
+    registry.register(RegistryEntry(name="rlaif", stage="dpo", kind="chat", path="/m2"))
+    assert set(registry.entries()) == {"sft", "rlaif"}  # what the Serve app reads
+    assert registry.datasets()["rlaif-preference"].rows == 3
