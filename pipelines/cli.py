@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipelines.config import ConfigError
 from pipelines.data_io import DataError
+from pipelines.pipeline_config import TRAIN_STAGES
 
 
 def _cmd_init_model(args: argparse.Namespace) -> None:
@@ -66,6 +67,18 @@ def _cmd_train(args: argparse.Namespace) -> None:
         from pipelines.ppo_config import PPOStageConfig
 
         entry = run_rl(load_config(PPOStageConfig, args.config, args.overrides))
+    elif args.stage == "rlaif":
+        from pipelines.rlaif import run_rlaif
+        from pipelines.safety_config import RLAIFStageConfig
+
+        entry = run_rlaif(load_config(RLAIFStageConfig, args.config, args.overrides))
+    elif args.stage == "constitutional":
+        from pipelines.constitutional import run_constitutional
+        from pipelines.safety_config import ConstitutionalStageConfig
+
+        entry = run_constitutional(
+            load_config(ConstitutionalStageConfig, args.config, args.overrides)
+        )
     else:
         stage = STAGES[args.stage]()
         entry = run_stage(stage, load_config(stage.config_cls, args.config, args.overrides))
@@ -74,7 +87,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
             {
                 "registered": entry.name,
                 "path": entry.path,
-                "step": entry.step,
+                "step": getattr(entry, "step", 0),  # a dataset entry has no step
                 "metrics": entry.metrics,
             }
         )
@@ -154,7 +167,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
     from pipelines.pipeline import run_pipeline, status_table
     from pipelines.pipeline_config import PipelineConfig
 
-    config = load_config(PipelineConfig, args.config, args.overrides)
+    included = [f"include={json.dumps(args.with_stages.split(','))}"] if args.with_stages else []
+    config = load_config(PipelineConfig, args.config, args.overrides + included)
     if args.pipeline_command == "status":
         print(status_table(config))
         return
@@ -228,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("train", help="run a training stage as a Ray Train job")
-    p.add_argument("stage", choices=["sft", "reward_model", "dpo", "kto", "ppo"])
+    p.add_argument("stage", choices=list(TRAIN_STAGES))
     p.add_argument("--config", required=True, help="stage YAML config")
     p.add_argument(
         "overrides",
@@ -281,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--address",
             help="Ray Jobs API of a cluster, e.g. http://127.0.0.1:8265 (default: a local cluster)",
+        )
+        p.add_argument(
+            "--with",
+            dest="with_stages",
+            metavar="NAMES",
+            help="comma-separated optional stages to include, e.g. rlaif,constitutional",
         )
         _add_set_option(p, "pipeline config override, e.g. storage_path=runs/other")
         p.set_defaults(func=_cmd_pipeline)

@@ -16,6 +16,7 @@ from pydantic_core import PydanticUndefined
 def _models() -> list[tuple[str, str, type[BaseModel]]]:
     from pipelines.pipeline_config import PipelineConfig
     from pipelines.ppo_config import PPOStageConfig
+    from pipelines.safety_config import ConstitutionalStageConfig, RLAIFStageConfig
     from pipelines.training import STAGES
     from serving.config import ServingConfig
 
@@ -26,6 +27,12 @@ def _models() -> list[tuple[str, str, type[BaseModel]]]:
     return [
         *((title, how, stage.config_cls) for title, how, stage in stages),
         ("ppo", "`rayalign train ppo` (PPO, GRPO, RLOO)", PPOStageConfig),
+        (
+            "constitutional",
+            "`rayalign train constitutional` (critique and revise)",
+            ConstitutionalStageConfig,
+        ),
+        ("rlaif", "`rayalign train rlaif` (AI-labelled preference pairs)", RLAIFStageConfig),
         ("pipeline", "`rayalign pipeline run --config`", PipelineConfig),
         ("serve", "`rayalign serve --config`", ServingConfig),
     ]

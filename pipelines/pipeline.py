@@ -104,7 +104,7 @@ class PipelineRunner:
     def __init__(self, config: PipelineConfig, address: str, local: bool) -> None:
         from ray.job_submission import JobSubmissionClient
 
-        self.config = config
+        self.config = config = config.active()  # optional stages only when included
         self.stages = config.ordered()
         self.client = JobSubmissionClient(address)
         self.local = local
@@ -227,6 +227,7 @@ class PipelineRunner:
 def status_table(config: PipelineConfig) -> str:
     """One line per stage: state, wall time, checkpoint and its metrics."""
     state = PipelineState.load(state_path(config))
+    config = config.active()
     lines = [f"{'stage':<14} {'state':<12} {'time':>7}  checkpoint / metrics"]
     for s in config.ordered():
         st = state.stages.get(s.name, StageState())

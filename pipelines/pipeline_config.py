@@ -9,7 +9,8 @@ from pydantic import Field, model_validator
 
 from pipelines.config import Strict
 
-TRAIN_STAGES = ("sft", "reward_model", "dpo", "kto", "ppo")
+TRAIN_STAGES = ("sft", "reward_model", "dpo", "kto", "ppo", "constitutional", "rlaif")
+TrainStage = Literal["sft", "reward_model", "dpo", "kto", "ppo", "constitutional", "rlaif"]
 _REF = re.compile(r"\$\{([A-Za-z0-9._-]+)\}")
 
 
@@ -20,7 +21,7 @@ class StageSpec(Strict):
         pattern=r"^[A-Za-z0-9_-]+$",
         description="Unique name: the stage's run name and its registry name.",
     )
-    stage: Literal["sft", "reward_model", "dpo", "kto", "ppo"] | None = Field(
+    stage: TrainStage | None = Field(
         None, description="Training stage to run (python -m pipelines.<stage>)."
     )
     config: str | None = Field(None, description="The training stage's YAML config.")
@@ -36,6 +37,13 @@ class StageSpec(Strict):
     )
     after: list[str] = Field(
         default_factory=list, description="Stages that must succeed before this one starts."
+    )
+    optional: bool = Field(
+        False,
+        description=(
+            "Run only when named in the pipeline's `include` (e.g. the safety stages: "
+            "`rayalign pipeline run --with rlaif`)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -65,6 +73,9 @@ class PipelineConfig(Strict):
         description="Ray runtime_env of every job (env_vars, pip...); working_dir is set for you.",
     )
     stages: list[StageSpec] = Field(min_length=1, description="The stages, in any order.")
+    include: list[str] = Field(
+        default_factory=list, description="Optional stages to run this time (by name)."
+    )
 
     @model_validator(mode="after")
     def _graph(self) -> PipelineConfig:
@@ -82,8 +93,28 @@ class PipelineConfig(Strict):
                     f"stage {s.name!r} uses the checkpoints of {sorted(s.references())}: "
                     "list them in 'after'"
                 )
+        by_name = {s.name: s for s in self.stages}
+        for s in self.stages:
+            needs = sorted(a for a in s.after if by_name[a].optional)
+            if needs and not s.optional:
+                raise ValueError(f"stage {s.name!r} is not optional but waits for {needs}")
+        for name in self.include:
+            if name not in by_name or not by_name[name].optional:
+                optional = sorted(n for n, st in by_name.items() if st.optional)
+                raise ValueError(
+                    f"include: {name!r} is not an optional stage (optional: {optional or 'none'})"
+                )
         self.ordered()
         return self
+
+    def active(self) -> PipelineConfig:
+        """This pipeline without the optional stages it does not include (nor their children)."""
+        dropped = {s.name for s in self.stages if s.optional and s.name not in self.include}
+        for name in list(dropped):
+            dropped.update(self.children(name))
+        if not dropped:
+            return self
+        return self.model_copy(update={"stages": [s for s in self.stages if s.name not in dropped]})
 
     def ordered(self) -> list[StageSpec]:
         """The stages in dependency order (parents first), else ValueError naming a cycle."""

@@ -46,3 +46,35 @@ def test_bad_input_exits_2_with_message(tmp_path):
     bad.write_text('{"prompt": "What is 1 + 1?", "ground_truth": "2"}\n{"prompt": "x"\n')
     proc = _rayalign("eval", "--model", str(tmp_path), "--data", str(bad), check=False)
     assert proc.returncode == 2 and f"{bad}, row 2: not valid JSON" in proc.stderr
+
+
+def _safety_job(stage, *overrides):
+    """A safety stage as its Ray job entrypoint runs it (python -m pipelines.<stage>)."""
+    return subprocess.run(
+        [sys.executable, "-m", f"pipelines.{stage}", "--config", f"configs/tiny/{stage}.yaml"]
+        + list(overrides),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_safety_stages_reject_bad_input_before_any_work(tmp_path):
+    proc = _safety_job("rlaif", "sampling.samples_per_prompt=1")
+    assert proc.returncode == 2 and "samples_per_prompt >= 2" in proc.stderr
+
+    constitution = tmp_path / "c.yaml"
+    constitution.write_text("name: c\nprinciples:\n  - {name: a, critique_request: x}\n")
+    proc = _safety_job("constitutional", f"constitution={constitution}")
+    assert proc.returncode == 2
+    assert str(constitution) in proc.stderr and "principles.0.revision_request" in proc.stderr
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "What is 1 + 1?"}\n{"prompt": 7}\n')
+    proc = _safety_job("rlaif", f"data.prompts={prompts}", f"run.storage_path={tmp_path}/runs")
+    assert proc.returncode == 2 and f"{prompts}, row 2, field 'prompt'" in proc.stderr
+    assert not (tmp_path / "runs").exists()  # stopped before writing anything
+
+    prompts.write_text('{"prompt": "What is 1 + 1?"}\n')
+    proc = _safety_job("rlaif", f"data.prompts={prompts}", "rlaif.labeller.function=nope")
+    assert proc.returncode == 2 and "'module:function'" in proc.stderr

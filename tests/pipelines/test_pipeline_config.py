@@ -34,11 +34,38 @@ def test_the_demo_pipeline_loads_in_dependency_order():
     assert order.index("sft") < order.index("rm") < order.index("ppo")
     for branch in ("dpo", "kto", "grpo"):
         assert order.index("sft") < order.index(branch)
-    assert set(config.children("sft")) == {"rm", "dpo", "kto", "grpo", "ppo"}
+    assert set(config.children("sft")) == {
+        "rm",
+        "dpo",
+        "kto",
+        "grpo",
+        "ppo",
+        "rlaif",
+        "constitutional",
+    }
     assert config.children("ppo") == []
+    assert order.index("dpo") < order.index("rlaif")  # safety tuning after preference optimisation
     for spec in config.stages:  # every stage's config exists and loads with the overrides
         if spec.config:
             assert (ROOT / spec.config).is_file(), spec.config
+
+
+def test_optional_stages_run_only_when_included():
+    config = load_config(PipelineConfig, ROOT / "configs" / "tiny" / "pipeline.yaml")
+    optional = {s.name for s in config.stages if s.optional}
+    assert optional == {"rlaif", "constitutional"}
+    assert not optional & {s.name for s in config.active().stages}
+    with_rlaif = load_config(
+        PipelineConfig, ROOT / "configs" / "tiny" / "pipeline.yaml", ["include=[rlaif]"]
+    )
+    assert {s.name for s in with_rlaif.active().stages} & optional == {"rlaif"}
+    with pytest.raises(ConfigError, match="'dpo' is not an optional stage"):
+        load_config(PipelineConfig, ROOT / "configs" / "tiny" / "pipeline.yaml", ["include=[dpo]"])
+
+
+def test_a_required_stage_cannot_wait_for_an_optional_one():
+    with pytest.raises(ValueError, match=r"'b' is not optional but waits for \['a'\]"):
+        _config([{**_train("a", []), "optional": True}, _train("b", ["a"])])
 
 
 def test_order_follows_after_not_the_file():

@@ -1,0 +1,185 @@
+"""Constitutional AI, supervised phase: the policy answers, a critic critiques and revises.
+
+    sample answers (vLLM rollout pool) -> for each round: sample a principle, ask the
+    critic for a critique, then for a revision -> write (prompt, revision) as an SFT split
+    and (prompt, revision over original) as a preference split, each row with its whole
+    chain as provenance -> train the `then` stages on them
+
+The critic is any OpenAI-compatible endpoint (our own `rayalign serve`, an external one)
+or a local checkpoint. Run as `rayalign train constitutional --config FILE` or
+`python -m pipelines.constitutional`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from pipelines.chat_models import ChatModel, build_chat_model
+from pipelines.cluster import init_ray
+from pipelines.constitution import (
+    Constitution,
+    critique_messages,
+    load_constitution,
+    revision_messages,
+)
+from pipelines.safety_config import ConstitutionalStageConfig
+from pipelines.safety_stage import (
+    finish,
+    finished_splits,
+    provenance,
+    read_prompt_conversations,
+    record_splits,
+    remote_violations,
+    sample_policy,
+    write_split,
+)
+
+
+@dataclass
+class Chain:
+    """One answer's way through critique and revision."""
+
+    prompt_index: int
+    original: str
+    answer: str  # the latest revision
+    steps: list[dict] = field(default_factory=list)  # {principle, critique, revision}
+
+
+def critique_and_revise(
+    critic: ChatModel,
+    constitution: Constitution,
+    prompts: list[list[dict]],
+    chains: list[Chain],
+    rounds: int,
+    rng: random.Random,
+) -> None:
+    """Run `rounds` critique-revision rounds over every chain, batched per round."""
+    for _ in range(rounds):
+        principles = [rng.choice(constitution.principles) for _ in chains]
+        critiques = critic.complete(
+            [
+                critique_messages(prompts[c.prompt_index], c.answer, p)
+                for c, p in zip(chains, principles, strict=True)
+            ]
+        )
+        revisions = critic.complete(
+            [
+                revision_messages(prompts[c.prompt_index], c.answer, p, crit)
+                for c, p, crit in zip(chains, principles, critiques, strict=True)
+            ]
+        )
+        for chain, p, crit, rev in zip(chains, principles, critiques, revisions, strict=True):
+            chain.steps.append({"principle": p.name, "critique": crit, "revision": rev})
+            if rev.strip():  # an empty revision keeps the answer it was given
+                chain.answer = rev.strip()
+
+
+def build_rows(
+    config: ConstitutionalStageConfig,
+    constitution: Constitution,
+    critic: ChatModel,
+    prompts: list[list[dict]],
+    chains: list[Chain],
+) -> tuple[list[dict], list[dict], dict[str, float]]:
+    """SFT and preference rows from the chains; unchanged answers are dropped unless kept."""
+    sft, preference = [], []
+    unchanged = 0
+    for chain in chains:
+        if chain.answer == chain.original.strip():
+            unchanged += 1
+            if not config.constitutional.keep_unchanged:
+                continue
+        origin = provenance(
+            config,
+            constitution,
+            critic=critic.label,
+            principles=[s["principle"] for s in chain.steps],
+            original=chain.original,
+            chain=chain.steps,
+        )
+        revised = [{"role": "assistant", "content": chain.answer}]
+        prompt = prompts[chain.prompt_index]
+        sft.append({"messages": prompt + revised, "provenance": origin})
+        if chain.answer != chain.original.strip():
+            original = [{"role": "assistant", "content": chain.original}]
+            preference.append(
+                {"prompt": prompt, "chosen": revised, "rejected": original, "provenance": origin}
+            )
+    metrics = {
+        "answers": float(len(chains)),
+        "revised": float(len(chains) - unchanged),
+        "unchanged": float(unchanged),
+    }
+    return sft, preference, metrics
+
+
+def generate_revisions(
+    config: ConstitutionalStageConfig, constitution: Constitution, prompts: list[list[dict]]
+):
+    """Sample, critique and revise; write the splits. Returns (splits, metrics)."""
+    print(f"[{config.run.name}] sampling {len(prompts)} prompts", flush=True)
+    answers = sample_policy(config, prompts)
+    chains = [
+        Chain(prompt_index=i, original=text, answer=text.strip())
+        for i, texts in enumerate(answers)
+        for text in texts
+        if text.strip()
+    ]
+    critic = build_chat_model(config.constitutional.critic, config.rollout)
+    try:
+        print(
+            f"[{config.run.name}] {len(chains)} answers: {config.constitutional.revisions} "
+            f"critique-revision round(s) with {critic.label}",
+            flush=True,
+        )
+        critique_and_revise(
+            critic,
+            constitution,
+            prompts,
+            chains,
+            config.constitutional.revisions,
+            random.Random(config.run.seed),
+        )
+        sft, preference, metrics = build_rows(config, constitution, critic, prompts, chains)
+    finally:
+        critic.close()
+    if not sft:
+        raise ValueError(
+            f"{config.run.name}: the critic revised none of {len(chains)} answers; check the "
+            "critic model (or set constitutional.keep_unchanged=true)"
+        )
+    splits = {"sft": write_split(config, "sft", sft)}
+    if preference:
+        splits["preference"] = write_split(config, "preference", preference)
+    print(
+        f"[{config.run.name}] wrote {len(sft)} SFT rows and {len(preference)} preference rows "
+        f"({int(metrics['unchanged'])} answers unchanged)",
+        flush=True,
+    )
+    return splits, metrics
+
+
+def run_constitutional(config: ConstitutionalStageConfig):
+    """The whole stage; returns the final checkpoint's registry entry (or the SFT dataset's)."""
+    # Bad input (constitution, prompts) fails here, before any work.
+    constitution = load_constitution(config.constitution)
+    prompts = read_prompt_conversations(config.data.prompts, config.data.max_prompts)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    init_ray(config.rollout.num_workers * config.rollout.cpus_per_worker + 2)
+    done = finished_splits(config)
+    if done:
+        splits, metrics = done
+        print(f"[{config.run.name}] reusing the data of an earlier attempt", flush=True)
+    else:
+        policy = remote_violations(config, constitution, config.model.name_or_path)
+        splits, metrics = generate_revisions(config, constitution, prompts)
+        metrics.update({f"policy_{k}": v for k, v in policy.items()})
+    datasets = record_splits(config, "constitutional", splits, metrics)
+    return finish(config, constitution, splits, datasets, primary="sft")
+
+
+if __name__ == "__main__":
+    from pipelines.training import stage_main
+
+    raise SystemExit(stage_main("constitutional"))

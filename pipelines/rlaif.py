@@ -1,0 +1,132 @@
+"""RLAIF: preference pairs labelled by an AI against a constitution, then DPO or a reward model.
+
+    sample k answers per prompt (vLLM rollout pool) -> pair them -> label each pair in
+    both orders (programmatic or model labeller) -> keep consistent verdicts -> write the
+    preference split with provenance -> train the `then` stages on it
+
+Run as `rayalign train rlaif --config FILE [key=value ...]` or `python -m pipelines.rlaif`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from pipelines.cluster import init_ray
+from pipelines.constitution import Constitution, load_constitution
+from pipelines.labelling import (
+    Labeller,
+    ModelLabeller,
+    ProgrammaticLabeller,
+    checks_scorer,
+    import_scorer,
+    label_pairs,
+)
+from pipelines.safety_config import RLAIFStageConfig
+from pipelines.safety_stage import (
+    finish,
+    finished_splits,
+    provenance,
+    read_prompt_conversations,
+    record_splits,
+    remote_violations,
+    sample_policy,
+    write_split,
+)
+
+
+def build_labeller(config: RLAIFStageConfig, constitution: Constitution) -> Labeller:
+    spec = config.rlaif.labeller
+    if spec.kind == "programmatic":
+        if spec.function:
+            return ProgrammaticLabeller(import_scorer(spec.function), spec.function)
+        checks = ",".join(p.check for p in constitution.checked)
+        return ProgrammaticLabeller(checks_scorer(constitution), f"checks:{checks}")
+    from pipelines.chat_models import build_chat_model
+
+    return ModelLabeller(build_chat_model(spec.model, config.rollout), constitution)
+
+
+def candidate_pairs(
+    answers: list[list[str]], max_pairs_per_prompt: int, rng: random.Random
+) -> list[tuple[int, str, str]]:
+    """Up to `max_pairs_per_prompt` pairs of distinct answers per prompt, drawn at random."""
+    pairs = []
+    for i, texts in enumerate(answers):
+        distinct = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+        combos = list(itertools.combinations(distinct, 2))
+        rng.shuffle(combos)
+        pairs.extend((i, a, b) for a, b in combos[:max_pairs_per_prompt])
+    return pairs
+
+
+def generate_pairs(
+    config: RLAIFStageConfig,
+    constitution: Constitution,
+    labeller: Labeller,
+    prompts: list[list[dict]],
+):
+    """Sample, pair and label; write the preference split. Returns (splits, metrics)."""
+    print(f"[{config.run.name}] sampling {len(prompts)} prompts", flush=True)
+    answers = sample_policy(config, prompts)
+    rng = random.Random(config.run.seed)
+    pairs = candidate_pairs(answers, config.rlaif.max_pairs_per_prompt, rng)
+    print(f"[{config.run.name}] labelling {len(pairs)} pairs in both orders", flush=True)
+    kept, stats = label_pairs(labeller, prompts, pairs)
+    if not kept:
+        raise ValueError(
+            f"{config.run.name}: none of {stats.pairs} pairs got a consistent label "
+            f"({stats.ties} ties, {stats.inconsistent} contradicting orders); sample more "
+            "answers per prompt, at a higher temperature, or check the labeller"
+        )
+    origin = provenance(config, constitution, labeller=labeller.label)
+    rows = [
+        {
+            "prompt": prompts[p.prompt_index],
+            "chosen": [{"role": "assistant", "content": p.chosen}],
+            "rejected": [{"role": "assistant", "content": p.rejected}],
+            "provenance": origin,
+        }
+        for p in kept
+    ]
+    splits = {"preference": write_split(config, "preference", rows)}
+    metrics = stats.as_metrics()
+    print(
+        f"[{config.run.name}] kept {stats.kept}/{stats.pairs} pairs "
+        f"(ties {stats.ties}, contradicting {stats.inconsistent}, "
+        f"agreement {stats.agreement_rate:.2f})",
+        flush=True,
+    )
+    return splits, metrics
+
+
+def run_rlaif(config: RLAIFStageConfig):
+    """The whole stage; returns the final checkpoint's registry entry (or the dataset's)."""
+    # Bad input (constitution, prompts, labeller function) fails here, before any work.
+    constitution = load_constitution(config.constitution)
+    prompts = read_prompt_conversations(config.data.prompts, config.data.max_prompts)
+    if config.rlaif.labeller.kind == "programmatic":
+        build_labeller(config, constitution)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    init_ray(config.rollout.num_workers * config.rollout.cpus_per_worker + 2)
+    done = finished_splits(config)
+    if done:
+        splits, metrics = done
+        print(f"[{config.run.name}] reusing the data of an earlier attempt", flush=True)
+    else:
+        policy = remote_violations(config, constitution, config.model.name_or_path)
+        labeller = build_labeller(config, constitution)
+        try:
+            splits, metrics = generate_pairs(config, constitution, labeller, prompts)
+        finally:
+            if isinstance(labeller, ModelLabeller):
+                labeller.chat.close()
+        metrics.update({f"policy_{k}": v for k, v in policy.items()})
+    datasets = record_splits(config, "rlaif", splits, metrics)
+    return finish(config, constitution, splits, datasets, primary="preference")
+
+
+if __name__ == "__main__":
+    from pipelines.training import stage_main
+
+    raise SystemExit(stage_main("rlaif"))

@@ -1,0 +1,216 @@
+"""What the two safety stages share: prompts in, generated splits out, follow-up training.
+
+A safety stage samples the policy's answers, turns them into training data (revisions
+or AI-labelled pairs), writes the splits with per-row provenance, registers them as
+datasets, trains the configured follow-up stages on them (SFT, DPO, reward model)
+and records each checkpoint's held-out violation rate per checkable principle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import load_config
+from pipelines.constitution import Constitution
+from pipelines.data_io import DataError
+from pipelines.datasets import load_rows, validate_rows
+from pipelines.principle_checks import get_check, violation_rate
+from pipelines.safety_config import SafetyStageConfig
+from serving.registry import DatasetEntry, Registry, RegistryEntry
+
+SPLIT_FORMATS = {"sft": "language_modeling", "preference": "preference"}
+FOLLOW_UP_SPLIT = {"sft": "sft", "dpo": "preference", "reward_model": "preference"}
+
+
+def read_prompt_conversations(path: str, limit: int | None = None) -> list[list[dict]]:
+    """The `prompt` of each row as chat messages (a string becomes one user message)."""
+    conversations = []
+    for n, row in enumerate(load_rows(path), start=1):
+        prompt = row.get("prompt")
+        if isinstance(prompt, str) and prompt.strip():
+            prompt = [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, list) or not prompt:
+            raise DataError(
+                f"{path}, row {n}, field 'prompt': expected a string or a list of messages"
+            )
+        conversations.append(prompt)
+    return conversations[:limit] if limit else conversations
+
+
+def data_dir(config: SafetyStageConfig) -> Path:
+    return config.run_dir / "data"
+
+
+def write_split(config: SafetyStageConfig, split: str, rows: list[dict]) -> Path:
+    """Validate `rows` in the split's TRL format, then write `<run>/data/<split>_train.jsonl`
+    atomically (a crash never leaves half a file)."""
+    path = data_dir(config) / f"{split}_train.jsonl"
+    validate_rows(rows, SPLIT_FORMATS[split], str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+    return path
+
+
+def finished_splits(config: SafetyStageConfig) -> tuple[dict[str, Path], dict] | None:
+    """(splits, metrics) a previous attempt of this run wrote in full (its manifest exists)."""
+    manifest = data_dir(config) / "manifest.json"
+    if not manifest.exists():
+        return None
+    raw = json.loads(manifest.read_text())
+    splits = {k: Path(v) for k, v in raw.pop("splits").items()}
+    raw.pop("stage", None)
+    return splits, raw
+
+
+def record_splits(
+    config: SafetyStageConfig, stage: str, splits: dict[str, Path], metrics: dict[str, float]
+) -> dict[str, DatasetEntry]:
+    """Write the manifest (the data is complete) and register each split as a dataset
+    named `<run>-<split>` in the registry's datasets section."""
+    manifest = {"stage": stage, "splits": {k: str(v) for k, v in splits.items()}, **metrics}
+    (data_dir(config) / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    registry = Registry(config.run_dir.parent)
+    entries = {}
+    for split, path in splits.items():
+        entries[split] = DatasetEntry(
+            name=f"{config.run.name}-{split}",
+            stage=stage,
+            format=SPLIT_FORMATS[split],
+            path=str(path),
+            parent=config.model.name_or_path,
+            rows=sum(1 for _ in path.open()),
+            metrics=metrics,
+        )
+        registry.register_dataset(entries[split])
+    return entries
+
+
+def provenance(config: SafetyStageConfig, constitution: Constitution, **extra: Any) -> dict:
+    return {
+        "constitution": constitution.name,
+        "checkpoint": config.model.name_or_path,
+        "run": config.run.name,
+        **extra,
+    }
+
+
+def measure_violations(
+    checkpoint: str, constitution: Constitution, prompts_path: str, max_new_tokens: int
+) -> dict[str, float]:
+    """Held-out violation rate of each checkable principle under greedy decoding."""
+    from pipelines.evaluate import generate_hf
+
+    prompts = read_prompt_conversations(prompts_path)
+    answers = generate_hf(checkpoint, prompts, max_new_tokens)
+    texts = [p[-1]["content"] for p in prompts]
+    return {
+        f"heldout_violation_{p.name}": violation_rate(get_check(p.check), texts, answers)
+        for p in constitution.checked
+    }
+
+
+def remote_violations(config: SafetyStageConfig, constitution: Constitution, checkpoint: str):
+    """`measure_violations` as a Ray task (the driver does no heavy compute), or {}."""
+    import ray
+
+    if not config.data.prompts_eval or not constitution.checked:
+        return {}
+    task = ray.remote(num_cpus=1)(measure_violations)
+    return ray.get(
+        task.remote(checkpoint, constitution, config.data.prompts_eval, config.eval_max_new_tokens)
+    )
+
+
+def sample_policy(config: SafetyStageConfig, prompts: list[list[dict]]) -> list[list[str]]:
+    """`sampling.samples_per_prompt` answers of the policy to each prompt, via the rollout pool."""
+    from pipelines.policy_sampling import build_pool, sample_texts
+
+    s = config.sampling
+    pool = build_pool(config.model.name_or_path, config.rollout, seed=config.run.seed)
+    try:
+        return sample_texts(
+            pool,
+            prompts,
+            n=s.samples_per_prompt,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_new_tokens,
+        )
+    finally:
+        pool.shutdown()
+
+
+def run_follow_ups(config: SafetyStageConfig, splits: dict[str, Path]) -> RegistryEntry | None:
+    """Train each `config.then` stage on its split; returns the last one's registry entry.
+
+    Each follow-up runs as `<run>-<stage>` (rerunning resumes it) and starts from the
+    previous one's checkpoint (the first from the policy); the last registers as
+    `config.register_as` (default: the run name).
+    """
+    from pipelines.training import STAGES, run_stage
+
+    entry = None
+    for i, follow in enumerate(config.then):
+        split = FOLLOW_UP_SPLIT[follow.stage]
+        if split not in splits:
+            raise ValueError(
+                f"then[{i}]: stage {follow.stage!r} trains on the {split!r} split, which this "
+                f"stage does not write (it writes: {', '.join(sorted(splits))})"
+            )
+        last = i == len(config.then) - 1
+        name = f"{config.run.name}-{follow.stage}"
+        stage = STAGES[follow.stage]()
+        stage_config = load_config(
+            stage.config_cls,
+            follow.config,
+            [
+                f"model.name_or_path={entry.path if entry else config.model.name_or_path}",
+                *follow.overrides,
+                f"data.train={splits[split]}",
+                f"run.name={name}",
+                f"run.storage_path={config.run.storage_path}",
+                f"register_as={(config.register_as or config.run.name) if last else name}",
+            ],
+        )
+        print(f"[{config.run.name}] training {follow.stage} on {splits[split]}", flush=True)
+        entry = run_stage(stage, stage_config)
+    return entry
+
+
+def add_metrics(config: SafetyStageConfig, entry: RegistryEntry, metrics: dict) -> None:
+    """Record more metrics on a registered checkpoint (e.g. its violation rates)."""
+    entry.metrics.update(metrics)
+    entry.created = time.time()
+    Registry(config.run_dir.parent).register(entry)
+
+
+def finish(
+    config: SafetyStageConfig,
+    constitution: Constitution,
+    splits: dict[str, Path],
+    datasets: dict[str, DatasetEntry],
+    primary: str,
+) -> RegistryEntry | DatasetEntry:
+    """Train the follow-ups, measure the final checkpoint's violation rates and report.
+
+    Returns the final checkpoint's entry, or the `primary` split's dataset entry when the
+    stage trains nothing.
+    """
+    entry = run_follow_ups(config, splits)
+    if entry is None:
+        return datasets[primary]
+    violations = remote_violations(config, constitution, entry.path)
+    if violations:
+        add_metrics(config, entry, violations)
+        print(
+            f"[{config.run.name}] {entry.name}: "
+            + ", ".join(f"{k}={v:.3f}" for k, v in sorted(violations.items())),
+            flush=True,
+        )
+    return entry

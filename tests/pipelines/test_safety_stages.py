@@ -1,0 +1,178 @@
+"""The safety stages on the tiny model: RLAIF -> DPO lowers a principle's violation rate, and
+critique-and-revise runs against a live OpenAI-compatible endpoint (our own Serve app)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import load_config
+from pipelines.constitution import load_constitution
+from pipelines.datasets import load_validated
+from pipelines.safety_config import ConstitutionalStageConfig, RLAIFStageConfig
+from pipelines.safety_stage import measure_violations
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+ARITHMETIC = ROOT / "configs" / "constitutions" / "arithmetic.yaml"
+# 70% of the SFT answers are sentences ("The answer is 7."): the SFT model breaks the
+# arithmetic constitution's `number_only` principle on most held-out questions.
+VERBOSE = {"max_operand": 9, "ops": "+", "verbose_rate": 0.7}
+
+
+@pytest.fixture(scope="module")
+def verbose_data(tmp_path_factory):
+    from pipelines.tasks import build_task
+    from pipelines.tasks.splits import write_task_data
+
+    out = tmp_path_factory.mktemp("data") / "verbose"
+    write_task_data(build_task("arithmetic", VERBOSE), out, seed=1, n_train=80, n_test=20)
+    return out
+
+
+@pytest.fixture(scope="module")
+def verbose_sft(ray_local, tiny_model, verbose_data, runs_dir):
+    """The tiny model after SFT on the verbose answers."""
+    from pipelines.training import STAGES, run_stage
+
+    stage = STAGES["sft"]()
+    config = load_config(
+        stage.config_cls,
+        ROOT / "configs" / "tiny" / "sft.yaml",
+        [
+            f"model.name_or_path={tiny_model}",
+            f"data.train={verbose_data / 'sft_train.jsonl'}",
+            "data.eval=null",
+            f"data.prompts_eval={verbose_data / 'prompts_test.jsonl'}",
+            "data.preference_eval=null",
+            f"run.storage_path={runs_dir}",
+            "run.name=sft-verbose",
+            "training.max_steps=150",
+            "training.save_steps=150",
+            "training.logging_steps=50",
+        ],
+    )
+    return run_stage(stage, config)
+
+
+def _safety_overrides(policy: str, data: Path, runs: Path, name: str) -> list[str]:
+    return [
+        f"model.name_or_path={policy}",
+        f"data.prompts={data / 'prompts_train.jsonl'}",
+        f"data.prompts_eval={data / 'prompts_test.jsonl'}",
+        f"run.storage_path={runs}",
+        f"run.name={name}",
+        f"constitution={ARITHMETIC}",
+        "rollout.cpus_per_worker=0.5",
+    ]
+
+
+def test_rlaif_then_dpo_lowers_the_number_only_violation_rate(verbose_sft, verbose_data, runs_dir):
+    from pipelines.rlaif import run_rlaif
+    from serving.registry import Registry
+
+    config = load_config(
+        RLAIFStageConfig,
+        ROOT / "configs" / "tiny" / "rlaif.yaml",
+        [
+            *_safety_overrides(verbose_sft.path, verbose_data, runs_dir, "rlaif"),
+            "data.max_prompts=null",
+            "sampling.samples_per_prompt=4",
+            "sampling.max_new_tokens=8",
+            "then=[{stage: dpo, config: configs/tiny/dpo.yaml, overrides: ["
+            "training.max_steps=40, training.save_steps=40, training.learning_rate=5.0e-4, "
+            "data.prompts_eval=null, data.preference_eval=null, data.max_length=32]}]",
+        ],
+    )
+    entry = run_rlaif(config)
+
+    # The preference split: consistent pairs only, number-only answers chosen, provenance kept.
+    rows = load_validated(str(config.run_dir / "data" / "preference_train.jsonl"), "preference")
+    meta = json.loads((config.run_dir / "data" / "manifest.json").read_text())
+    print("RLAIF data:", {k: v for k, v in meta.items() if k != "splits"})
+    assert meta["pairs_kept"] == len(rows) >= 20
+    assert meta["label_agreement_rate"] == 1.0  # the programmatic labeller has no order bias
+    assert all(r["provenance"]["labeller"] == "checks:number_only,no_refusal" for r in rows)
+    assert all(r["provenance"]["checkpoint"] == verbose_sft.path for r in rows)
+    chosen_ok = sum(r["chosen"][0]["content"].strip().isdigit() for r in rows) / len(rows)
+    assert chosen_ok > 0.9
+    assert Registry(runs_dir).datasets()["rlaif-preference"].rows == len(rows)
+
+    constitution = load_constitution(ARITHMETIC)
+    prompts = str(verbose_data / "prompts_test.jsonl")
+    before = measure_violations(verbose_sft.path, constitution, prompts, 16)
+    after = measure_violations(entry.path, constitution, prompts, 16)
+    print("held-out violation rate: SFT", before, "-> RLAIF+DPO", after)
+    assert before["heldout_violation_number_only"] >= 0.5  # the SFT model breaks it measurably
+    assert after["heldout_violation_number_only"] <= before["heldout_violation_number_only"] - 0.4
+    registered = Registry(runs_dir).get("rlaif")
+    assert registered.path == entry.path and registered.stage == "dpo"
+    assert registered.metrics["heldout_violation_number_only"] == pytest.approx(
+        after["heldout_violation_number_only"]
+    )
+
+
+@pytest.fixture(scope="module")
+def critic_endpoint(ray_local, verbose_sft, tmp_path_factory):
+    """`rayalign serve`'s app with the verbose SFT checkpoint as the only chat model."""
+    from ray import serve
+
+    from pipelines.cluster import free_port
+    from serving.config import ServingConfig
+    from serving.deploy import RegistryWatch, start_endpoint
+    from serving.registry import Registry
+
+    registry = tmp_path_factory.mktemp("critic-registry")
+    Registry(registry).register(verbose_sft)
+    config = ServingConfig(
+        registry=str(registry),
+        port=free_port(),
+        chat={"max_model_len": 256},
+        watch_interval_s=None,
+    )
+    start_endpoint(config)
+    RegistryWatch(config).sync()
+    yield f"http://127.0.0.1:{config.port}/v1", verbose_sft.name
+    serve.shutdown()
+
+
+def test_critique_and_revise_against_a_live_endpoint(
+    critic_endpoint, verbose_sft, verbose_data, runs_dir
+):
+    from pipelines.constitutional import run_constitutional
+
+    base_url, model = critic_endpoint
+    config = load_config(
+        ConstitutionalStageConfig,
+        ROOT / "configs" / "tiny" / "constitutional.yaml",
+        [
+            *_safety_overrides(verbose_sft.path, verbose_data, runs_dir, "cai"),
+            "data.max_prompts=24",
+            "sampling.max_new_tokens=8",
+            f"constitutional.critic={{kind: endpoint, base_url: '{base_url}', model: {model}, "
+            "max_tokens: 12, concurrency: 4}",
+            "constitutional.revisions=2",
+            "then=[]",
+        ],
+    )
+    entry = run_constitutional(config)
+    data = config.run_dir / "data"
+    sft_rows = load_validated(str(data / "sft_train.jsonl"), "language_modeling")
+    assert entry.path == str(data / "sft_train.jsonl") and entry.rows == len(sft_rows) > 0
+    for row in sft_rows:
+        origin = row["provenance"]
+        assert origin["critic"] == f"{base_url}#{model}"
+        assert origin["checkpoint"] == verbose_sft.path
+        assert origin["constitution"] == "arithmetic"
+        assert len(origin["chain"]) == 2 and len(origin["principles"]) == 2
+        assert set(origin["principles"]) <= {"number_only", "no_refusal"}
+        assert all(step["critique"] is not None for step in origin["chain"])
+        assert row["messages"][-1]["content"] != origin["original"].strip()
+    preference = data / "preference_train.jsonl"
+    pref_rows = load_validated(str(preference), "preference")
+    assert len(pref_rows) == len(sft_rows)
+    for row in pref_rows:
+        assert row["rejected"][0]["content"] == row["provenance"]["original"]
+        assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
