@@ -190,7 +190,13 @@ def _cmd_config_reference(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pipelines.demo import run_demo
 
-    run_demo(args.out, port=args.port, serve=not args.no_serve, pipeline=Path(args.pipeline))
+    run_demo(
+        args.out,
+        port=args.port,
+        serve=not args.no_serve,
+        pipeline=Path(args.pipeline),
+        include=tuple(args.with_stages.split(",")) if args.with_stages else (),
+    )
 
 
 def _add_set_option(p: argparse.ArgumentParser, help_text: str) -> None:
@@ -319,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port of the endpoint at the end")
     p.add_argument("--no-serve", action="store_true", help="stop after the comparison")
     p.add_argument("--pipeline", default="configs/tiny/pipeline.yaml", help="the pipeline to run")
+    p.add_argument(
+        "--with",
+        dest="with_stages",
+        metavar="NAMES",
+        help="optional stages to add, e.g. rlaif,constitutional (safety tuning after DPO)",
+    )
     p.set_defaults(func=_cmd_demo)
     return parser
 

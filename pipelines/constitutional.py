@@ -16,24 +16,13 @@ import random
 from dataclasses import dataclass, field
 
 from pipelines.chat_models import ChatModel, build_chat_model
-from pipelines.cluster import init_ray
 from pipelines.constitution import (
     Constitution,
     critique_messages,
-    load_constitution,
     revision_messages,
 )
 from pipelines.safety_config import ConstitutionalStageConfig
-from pipelines.safety_stage import (
-    finish,
-    finished_splits,
-    provenance,
-    read_prompt_conversations,
-    record_splits,
-    remote_violations,
-    sample_policy,
-    write_split,
-)
+from pipelines.safety_stage import provenance, run_safety_stage, sample_policy, write_split
 
 
 @dataclass
@@ -162,21 +151,11 @@ def generate_revisions(
 
 def run_constitutional(config: ConstitutionalStageConfig):
     """The whole stage; returns the final checkpoint's registry entry (or the SFT dataset's)."""
-    # Bad input (constitution, prompts) fails here, before any work.
-    constitution = load_constitution(config.constitution)
-    prompts = read_prompt_conversations(config.data.prompts, config.data.max_prompts)
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    init_ray(config.rollout.num_workers * config.rollout.cpus_per_worker + 2)
-    done = finished_splits(config)
-    if done:
-        splits, metrics = done
-        print(f"[{config.run.name}] reusing the data of an earlier attempt", flush=True)
-    else:
-        policy = remote_violations(config, constitution, config.model.name_or_path)
-        splits, metrics = generate_revisions(config, constitution, prompts)
-        metrics.update({f"policy_{k}": v for k, v in policy.items()})
-    datasets = record_splits(config, "constitutional", splits, metrics)
-    return finish(config, constitution, splits, datasets, primary="sft")
+
+    def generate(constitution: Constitution, prompts: list[list[dict]]):
+        return generate_revisions(config, constitution, prompts)
+
+    return run_safety_stage(config, "constitutional", generate, "sft")
 
 
 if __name__ == "__main__":

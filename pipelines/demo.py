@@ -19,10 +19,12 @@ from pipelines.pipeline_config import PipelineConfig
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "configs" / "tiny" / "pipeline.yaml"
 CHAT_STAGES = ["base", "sft", "dpo", "kto", "grpo", "ppo"]
+SAFETY_STAGES = ["rlaif", "constitutional"]  # optional: `rayalign demo --with rlaif`
 COLUMNS = {
     "heldout_accuracy": "accuracy",
     "heldout_reward": "RL reward",
     "heldout_pairwise_accuracy": "RM pair acc",
+    "heldout_violation_number_only": "not num-only",
     "seconds": "wall s",
 }
 
@@ -38,7 +40,8 @@ def summarize(storage: Path, state: dict) -> list[dict]:
 
     entries = Registry(storage).entries()
     rows = []
-    for name in ["base", "sft", "rm", "dpo", "kto", "grpo", "ppo"]:
+    names = ["base", "sft", "rm", "dpo", "kto", "grpo", "ppo"]
+    for name in names + [n for n in SAFETY_STAGES if n in entries]:
         entry, st = entries.get(name), state.get(name)
         row = {"stage": name, **(entry.metrics if entry else {})}
         evals = _jsonl(storage / name / "eval.jsonl")
@@ -52,13 +55,13 @@ def summarize(storage: Path, state: dict) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n" + f"{'stage':<8}" + "".join(f"{label:>14}" for label in COLUMNS.values()))
+    print("\n" + f"{'stage':<15}" + "".join(f"{label:>14}" for label in COLUMNS.values()))
     for row in rows:
         cells = "".join(
             f"{row[c]:>14.3f}" if isinstance(row.get(c), int | float) else f"{'-':>14}"
             for c in COLUMNS
         )
-        print(f"{row['stage']:<8}{cells}")
+        print(f"{row['stage']:<15}{cells}")
     print(flush=True)
 
 
@@ -118,9 +121,14 @@ def print_usage(port: int, models: list[str]) -> None:
 
 
 def run_demo(
-    out: str = "runs/demo", port: int = 8000, serve: bool = True, pipeline: Path = PIPELINE
+    out: str = "runs/demo",
+    port: int = 8000,
+    serve: bool = True,
+    pipeline: Path = PIPELINE,
+    include: tuple[str, ...] = (),
 ) -> list[dict]:
-    """Run the pipeline's unfinished stages, compare every stage, then serve them all."""
+    """Run the pipeline's unfinished stages (and the optional ones in `include`), compare
+    every stage, then serve them all."""
     from pipelines.cluster import local_head_node
     from pipelines.evaluate import evaluate
     from pipelines.pipeline import PipelineRunner, status_table
@@ -129,7 +137,9 @@ def run_demo(
     from serving.registry import Registry, RegistryEntry
 
     storage = Path(out).resolve()
-    config = load_config(PipelineConfig, pipeline, [f"storage_path={storage}"])
+    config = load_config(
+        PipelineConfig, pipeline, [f"storage_path={storage}", f"include={json.dumps(include)}"]
+    )
     with local_head_node() as head:
         print(f"[demo] local Ray cluster up (dashboard and jobs API {head.jobs})", flush=True)
         runner = PipelineRunner(config, head.jobs, local=True)
@@ -149,9 +159,10 @@ def run_demo(
         plot_curves(storage, rows, storage / "curves.png")
         print(f"[demo] wrote {storage / 'summary.json'} and {storage / 'curves.png'}", flush=True)
         if serve:
-            models = [*CHAT_STAGES, "rm"]
+            chat = [*CHAT_STAGES, *(n for n in SAFETY_STAGES if registry.get(n))]
+            models = [*chat, "rm"]
             serving = ServingConfig(
                 registry=str(storage), port=port, models=models, watch_interval_s=None
             )
-            run_endpoint(serving, address=head.gcs, on_ready=lambda: print_usage(port, CHAT_STAGES))
+            run_endpoint(serving, address=head.gcs, on_ready=lambda: print_usage(port, chat))
     return rows

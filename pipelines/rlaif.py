@@ -12,8 +12,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from pipelines.cluster import init_ray
-from pipelines.constitution import Constitution, load_constitution
+from pipelines.constitution import Constitution
 from pipelines.labelling import (
     Labeller,
     ModelLabeller,
@@ -23,16 +22,7 @@ from pipelines.labelling import (
     label_pairs,
 )
 from pipelines.safety_config import RLAIFStageConfig
-from pipelines.safety_stage import (
-    finish,
-    finished_splits,
-    provenance,
-    read_prompt_conversations,
-    record_splits,
-    remote_violations,
-    sample_policy,
-    write_split,
-)
+from pipelines.safety_stage import provenance, run_safety_stage, sample_policy, write_split
 
 
 def build_labeller(config: RLAIFStageConfig, constitution: Constitution) -> Labeller:
@@ -102,28 +92,20 @@ def generate_pairs(
 
 def run_rlaif(config: RLAIFStageConfig):
     """The whole stage; returns the final checkpoint's registry entry (or the dataset's)."""
-    # Bad input (constitution, prompts, labeller function) fails here, before any work.
-    constitution = load_constitution(config.constitution)
-    prompts = read_prompt_conversations(config.data.prompts, config.data.max_prompts)
-    if config.rlaif.labeller.kind == "programmatic":
-        build_labeller(config, constitution)
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    init_ray(config.rollout.num_workers * config.rollout.cpus_per_worker + 2)
-    done = finished_splits(config)
-    if done:
-        splits, metrics = done
-        print(f"[{config.run.name}] reusing the data of an earlier attempt", flush=True)
-    else:
-        policy = remote_violations(config, constitution, config.model.name_or_path)
+
+    def generate(constitution: Constitution, prompts: list[list[dict]]):
         labeller = build_labeller(config, constitution)
         try:
-            splits, metrics = generate_pairs(config, constitution, labeller, prompts)
+            return generate_pairs(config, constitution, labeller, prompts)
         finally:
             if isinstance(labeller, ModelLabeller):
                 labeller.chat.close()
-        metrics.update({f"policy_{k}": v for k, v in policy.items()})
-    datasets = record_splits(config, "rlaif", splits, metrics)
-    return finish(config, constitution, splits, datasets, primary="preference")
+
+    def validate(constitution: Constitution) -> None:
+        if config.rlaif.labeller.kind == "programmatic":  # the checks or function exist
+            build_labeller(config, constitution)
+
+    return run_safety_stage(config, "rlaif", generate, "preference", validate)
 
 
 if __name__ == "__main__":

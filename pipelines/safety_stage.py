@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipelines.cluster import init_ray
 from pipelines.config import load_config
-from pipelines.constitution import Constitution
+from pipelines.constitution import Constitution, load_constitution
 from pipelines.data_io import DataError
 from pipelines.datasets import load_rows, validate_rows
 from pipelines.principle_checks import get_check, violation_rate
@@ -214,3 +216,40 @@ def finish(
             flush=True,
         )
     return entry
+
+
+Generate = Callable[[Constitution, list[list[dict]]], tuple[dict[str, Path], dict[str, float]]]
+
+
+def run_safety_stage(
+    config: SafetyStageConfig,
+    stage: str,
+    generate: Generate,
+    primary: str,
+    validate: Callable[[Constitution], object] | None = None,
+) -> RegistryEntry | DatasetEntry:
+    """Load and check the inputs, generate the splits (or reuse a finished attempt's),
+    register them, train the follow-ups and return the final entry.
+
+    Args:
+        generate: `(constitution, prompts) -> (splits, metrics)`, the stage's own work.
+        primary: the split whose dataset entry is returned when nothing is trained.
+        validate: more checks of the inputs, run before any work starts.
+    """
+    # Bad input (constitution, prompts, ...) fails here, before anything is written.
+    constitution = load_constitution(config.constitution)
+    prompts = read_prompt_conversations(config.data.prompts, config.data.max_prompts)
+    if validate:
+        validate(constitution)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    init_ray(config.rollout.num_workers * config.rollout.cpus_per_worker + 2)
+    done = finished_splits(config)
+    if done:
+        splits, metrics = done
+        print(f"[{config.run.name}] reusing the data of an earlier attempt", flush=True)
+    else:
+        policy = remote_violations(config, constitution, config.model.name_or_path)
+        splits, metrics = generate(constitution, prompts)
+        metrics.update({f"policy_{k}": v for k, v in policy.items()})
+    datasets = record_splits(config, stage, splits, metrics)
+    return finish(config, constitution, splits, datasets, primary)

@@ -69,11 +69,8 @@ def _safety_overrides(policy: str, data: Path, runs: Path, name: str) -> list[st
     ]
 
 
-def test_rlaif_then_dpo_lowers_the_number_only_violation_rate(verbose_sft, verbose_data, runs_dir):
-    from pipelines.rlaif import run_rlaif
-    from serving.registry import Registry
-
-    config = load_config(
+def _rlaif_config(verbose_sft, verbose_data, runs_dir) -> RLAIFStageConfig:
+    return load_config(
         RLAIFStageConfig,
         ROOT / "configs" / "tiny" / "rlaif.yaml",
         [
@@ -86,7 +83,23 @@ def test_rlaif_then_dpo_lowers_the_number_only_violation_rate(verbose_sft, verbo
             "data.prompts_eval=null, data.preference_eval=null, data.max_length=32]}]",
         ],
     )
-    entry = run_rlaif(config)
+
+
+@pytest.fixture(scope="module")
+def rlaif_entry(verbose_sft, verbose_data, runs_dir):
+    """RLAIF with the programmatic labeller on the verbose SFT model, then DPO on its pairs."""
+    from pipelines.rlaif import run_rlaif
+
+    return run_rlaif(_rlaif_config(verbose_sft, verbose_data, runs_dir))
+
+
+def test_rlaif_then_dpo_lowers_the_number_only_violation_rate(
+    rlaif_entry, verbose_sft, verbose_data, runs_dir
+):
+    from serving.registry import Registry
+
+    config = _rlaif_config(verbose_sft, verbose_data, runs_dir)
+    entry = rlaif_entry
 
     # The preference split: consistent pairs only, number-only answers chosen, provenance kept.
     rows = load_validated(str(config.run_dir / "data" / "preference_train.jsonl"), "preference")
@@ -115,8 +128,8 @@ def test_rlaif_then_dpo_lowers_the_number_only_violation_rate(verbose_sft, verbo
 
 
 @pytest.fixture(scope="module")
-def critic_endpoint(ray_local, verbose_sft, tmp_path_factory):
-    """`rayalign serve`'s app with the verbose SFT checkpoint as the only chat model."""
+def critic_endpoint(ray_local, verbose_sft, rlaif_entry, tmp_path_factory):
+    """`rayalign serve`'s app serving the verbose SFT checkpoint and the RLAIF one."""
     from ray import serve
 
     from pipelines.cluster import free_port
@@ -126,6 +139,7 @@ def critic_endpoint(ray_local, verbose_sft, tmp_path_factory):
 
     registry = tmp_path_factory.mktemp("critic-registry")
     Registry(registry).register(verbose_sft)
+    Registry(registry).register(rlaif_entry)
     config = ServingConfig(
         registry=str(registry),
         port=free_port(),
@@ -176,3 +190,29 @@ def test_critique_and_revise_against_a_live_endpoint(
     for row in pref_rows:
         assert row["rejected"][0]["content"] == row["provenance"]["original"]
         assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+
+
+def test_the_rlaif_checkpoint_is_served_and_answers_with_the_number_only(critic_endpoint):
+    import httpx
+
+    from pipelines.principle_checks import number_only
+
+    base_url, sft_name = critic_endpoint
+    models = httpx.get(f"{base_url}/models", timeout=30).json()["data"]
+    assert {m["id"] for m in models} == {sft_name, "rlaif"}
+    answers = {}
+    for model in (sft_name, "rlaif"):
+        reply = httpx.post(
+            f"{base_url}/chat/completions",
+            json={
+                "model": model,
+                "messages": [{"role": "user", "content": "What is 4 + 3?"}],
+                "max_tokens": 16,
+                "temperature": 0,
+            },
+            timeout=120,
+        )
+        assert reply.status_code == 200, reply.text
+        answers[model] = reply.json()["choices"][0]["message"]["content"]
+    print("served answers:", answers)
+    assert not number_only("", answers[sft_name]) and number_only("", answers["rlaif"])
