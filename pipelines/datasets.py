@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 from pipelines.data_io import DataError, read_jsonl
 
-Format = Literal["language_modeling", "prompt_completion", "preference", "unpaired", "text"]
+Format = Literal[
+    "language_modeling", "prompt_completion", "preference", "unpaired", "prompt_only", "text"
+]
 
 # Fields each format requires, and the field that holds a conversation or string.
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -20,6 +22,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "prompt_completion": ("prompt", "completion"),
     "preference": ("prompt", "chosen", "rejected"),
     "unpaired": ("prompt", "completion", "label"),
+    "prompt_only": ("prompt",),
 }
 
 
@@ -98,7 +101,9 @@ def validate_rows(
             _check_messages(row["messages"], f"{at}, field 'messages'", last_role="assistant")
             continue
         _check_messages(row["prompt"], f"{at}, field 'prompt'")
-        answers = ("chosen", "rejected") if fmt == "preference" else ("completion",)
+        answers = {"preference": ("chosen", "rejected"), "prompt_only": ()}.get(
+            fmt, ("completion",)
+        )
         for name in answers:
             _check_messages(row[name], f"{at}, field {name!r}")
         if fmt == "unpaired" and not isinstance(row["label"], bool):

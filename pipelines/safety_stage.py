@@ -18,7 +18,6 @@ from typing import Any
 from pipelines.cluster import init_ray
 from pipelines.config import load_config
 from pipelines.constitution import Constitution, load_constitution
-from pipelines.data_io import DataError
 from pipelines.datasets import load_rows, validate_rows
 from pipelines.principle_checks import get_check, violation_rate
 from pipelines.safety_config import SafetyStageConfig
@@ -30,17 +29,12 @@ FOLLOW_UP_SPLIT = {"sft": "sft", "dpo": "preference", "reward_model": "preferenc
 
 def read_prompt_conversations(path: str, limit: int | None = None) -> list[list[dict]]:
     """The `prompt` of each row as chat messages (a string becomes one user message)."""
-    conversations = []
-    for n, row in enumerate(load_rows(path), start=1):
-        prompt = row.get("prompt")
-        if isinstance(prompt, str) and prompt.strip():
-            prompt = [{"role": "user", "content": prompt}]
-        if not isinstance(prompt, list) or not prompt:
-            raise DataError(
-                f"{path}, row {n}, field 'prompt': expected a string or a list of messages"
-            )
-        conversations.append(prompt)
-    return conversations[:limit] if limit else conversations
+    rows = load_rows(path)[:limit] if limit else load_rows(path)
+    validate_rows(rows, "prompt_only", path)
+    return [
+        [{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"]
+        for r in rows
+    ]
 
 
 def data_dir(config: SafetyStageConfig) -> Path:

@@ -72,7 +72,7 @@ def test_safety_stages_reject_bad_input_before_any_work(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "What is 1 + 1?"}\n{"prompt": 7}\n')
     proc = _safety_job("rlaif", f"data.prompts={prompts}", f"run.storage_path={tmp_path}/runs")
-    assert proc.returncode == 2 and f"{prompts}, row 2, field 'prompt'" in proc.stderr
+    assert proc.returncode == 2 and f"{prompts}, row 2, field 'prompt': expected" in proc.stderr
     assert not (tmp_path / "runs").exists()  # stopped before writing anything
 
     prompts.write_text('{"prompt": "What is 1 + 1?"}\n')
