@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +99,25 @@ def stage_entrypoint(spec: StageSpec, values: dict[str, str], storage: str, loca
         args = ["-m", "pipelines.cli", *(substitute(a, values) for a in spec.rayalign)]
     command = shlex.join([python, *args])
     return f"cd {shlex.quote(str(REPO))} && {command}" if local else command
+
+
+def _interrupt_on_signals() -> Callable[[], None]:
+    """Make Ctrl-C and SIGTERM interrupt the runner (which then stops its jobs), even when
+    the process started with SIGINT ignored, as background jobs of a shell script do.
+    Returns the function that restores the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 class PipelineRunner:
@@ -186,6 +208,7 @@ class PipelineRunner:
             elif st.status != "pending":
                 st.status, st.message = "pending", ""  # failed, blocked or interrupted: again
         self.state.save(self.path)
+        restore = _interrupt_on_signals()
         try:
             while True:
                 running = [s for s in self.stages if self.state.stages[s.name].status == "running"]
@@ -213,6 +236,7 @@ class PipelineRunner:
             self._stop_running()
             raise
         finally:
+            restore()
             self.state.save(self.path)
         return all(st.status == "succeeded" for st in self.state.stages.values())
 
