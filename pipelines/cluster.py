@@ -21,20 +21,26 @@ import ray
 
 def init_ray(min_cpus: float, address: str | None = None, **init_kwargs) -> None:
     """Attach to `address`, or to the cluster the driver runs in (a Ray job, RAY_ADDRESS,
-    `ray start`), else start a local one declaring at least `min_cpus` logical CPUs.
+    `ray start`), else start a local one declaring at least `min_cpus` logical CPUs (also
+    what the address "local" asks for).
 
     Ray schedules by logical CPUs: on a 2-core machine a stage whose actors ask for
     3 CPUs in total would wait forever, although they share the cores happily.
     """
     if ray.is_initialized():
         return
-    if address or os.environ.get("RAY_ADDRESS"):
+    num_cpus = max(os.cpu_count() or 1, math.ceil(min_cpus))
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target == "local":  # a new private cluster, sized for the stage like the fallback below
+        ray.init(address="local", num_cpus=num_cpus, **init_kwargs)
+        return
+    if target:
         ray.init(address=address, **init_kwargs)
         return
     try:
         ray.init(address="auto", **init_kwargs)
     except ConnectionError:
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)), **init_kwargs)
+        ray.init(num_cpus=num_cpus, **init_kwargs)
 
 
 def free_port() -> int:

@@ -216,3 +216,43 @@ def test_the_rlaif_checkpoint_is_served_and_answers_with_the_number_only(critic_
         answers[model] = reply.json()["choices"][0]["message"]["content"]
     print("served answers:", answers)
     assert not number_only("", answers[sft_name]) and number_only("", answers["rlaif"])
+
+
+def test_a_model_labeller_over_the_endpoint_judges_both_orders(critic_endpoint):
+    from pipelines.chat_models import EndpointChat
+    from pipelines.labelling import ModelLabeller, label_pairs
+    from pipelines.safety_config import ChatModelSpec
+
+    base_url, model = critic_endpoint
+    chat = EndpointChat(
+        ChatModelSpec(kind="endpoint", base_url=base_url, model=model, max_tokens=4)
+    )
+    labeller = ModelLabeller(chat, load_constitution(ARITHMETIC))
+    prompts = [[{"role": "user", "content": f"What is {i} + 1?"}] for i in range(4)]
+    pairs = [(i, str(i + 1), f"The answer is {i + 1}.") for i in range(4)]
+    try:
+        kept, stats = label_pairs(labeller, prompts, pairs)
+    finally:
+        chat.close()
+    assert stats.pairs == 4 and stats.kept + stats.ties + stats.inconsistent == 4
+    for p in kept:  # one pair per prompt here: a kept pair is that prompt's two answers
+        _, x, y = pairs[p.prompt_index]
+        assert {p.chosen, p.rejected} == {x, y}
+
+
+def test_a_checkpoint_critic_answers_like_greedy_transformers(ray_local, verbose_sft):
+    from pipelines.chat_models import CheckpointChat
+    from pipelines.evaluate import generate_hf
+    from pipelines.ppo_config import RolloutConfig
+    from pipelines.safety_config import ChatModelSpec
+
+    spec = ChatModelSpec(kind="checkpoint", path=verbose_sft.path, max_tokens=8)
+    critic = CheckpointChat(spec, RolloutConfig(cpus_per_worker=0.5))
+    prompts = [[{"role": "user", "content": f"What is {i} + 2?"}] for i in range(4)]
+    try:
+        replies = critic.complete(prompts)
+    finally:
+        critic.close()
+    expected = generate_hf(verbose_sft.path, prompts, max_new_tokens=8)
+    print("vLLM critic:", replies, "transformers:", expected)
+    assert sum(a.strip() == b.strip() for a, b in zip(replies, expected, strict=True)) >= 3
