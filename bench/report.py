@@ -21,6 +21,9 @@ ABOUT = {
     "against the bytes moved, next to a plain memory copy of the same bytes.",
     "rl_step_phases": "Median seconds per RL step phase, synchronous against asynchronous "
     "(one-step-stale) GRPO on the same model and prompts.",
+    "rl_vs_trl": "GRPO from the same SFT checkpoint, data and hyper-parameters: rayalign "
+    "(synchronous and one-step-stale asynchronous) against `trl.GRPOTrainer`, every "
+    "checkpoint scored by the same held-out evaluator.",
     "serve_load": "The chat endpoint under bounded concurrent clients over loopback.",
     "offline_overhead": "rayalign's stage on Ray Train against the same TRL trainer run "
     "directly (end-to-end and train-loop samples/s), and two workers against one.",
