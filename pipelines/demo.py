@@ -55,11 +55,13 @@ def summarize(storage: Path, state: dict) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n" + f"{'stage':<15}" + "".join(f"{label:>14}" for label in COLUMNS.values()))
+    # A column only where some stage has the figure (violations come with --with rlaif...).
+    columns = {c: label for c, label in COLUMNS.items() if any(c in row for row in rows)}
+    print("\n" + f"{'stage':<15}" + "".join(f"{label:>14}" for label in columns.values()))
     for row in rows:
         cells = "".join(
             f"{row[c]:>14.3f}" if isinstance(row.get(c), int | float) else f"{'-':>14}"
-            for c in COLUMNS
+            for c in columns
         )
         print(f"{row['stage']:<15}{cells}")
     print(flush=True)
