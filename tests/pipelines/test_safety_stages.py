@@ -218,7 +218,20 @@ def test_the_rlaif_checkpoint_is_served_and_answers_with_the_number_only(critic_
     assert not number_only("", answers[sft_name]) and number_only("", answers["rlaif"])
 
 
-def test_a_model_labeller_over_the_endpoint_judges_both_orders(critic_endpoint):
+# The full labelling prompt outgrows the tiny served model's 256-token context (the
+# endpoint answers 400, which EndpointError reports); a compact template fits.
+COMPACT = """name: compact
+principles:
+  - name: number_only
+    check: number_only
+    critique_request: Any words?
+    revision_request: Only the number.
+labelling:
+  template: "{principles} {prompt} A: {response_a} B: {response_b} Better?"
+"""
+
+
+def test_a_model_labeller_over_the_endpoint_judges_both_orders(critic_endpoint, tmp_path):
     from pipelines.chat_models import EndpointChat
     from pipelines.labelling import ModelLabeller, label_pairs
     from pipelines.safety_config import ChatModelSpec
@@ -227,7 +240,8 @@ def test_a_model_labeller_over_the_endpoint_judges_both_orders(critic_endpoint):
     chat = EndpointChat(
         ChatModelSpec(kind="endpoint", base_url=base_url, model=model, max_tokens=4)
     )
-    labeller = ModelLabeller(chat, load_constitution(ARITHMETIC))
+    (tmp_path / "compact.yaml").write_text(COMPACT)
+    labeller = ModelLabeller(chat, load_constitution(tmp_path / "compact.yaml"))
     prompts = [[{"role": "user", "content": f"What is {i} + 1?"}] for i in range(4)]
     pairs = [(i, str(i + 1), f"The answer is {i + 1}.") for i in range(4)]
     try:
