@@ -274,6 +274,26 @@ class _LazyStages(dict):
 STAGES: dict[str, Callable[[], Stage]] = _LazyStages()
 
 
+def absolute_local_paths(config: StageConfig) -> StageConfig:
+    """`config` with its relative local model and data paths made absolute, as seen from
+    the driver: Ray Train workers start in another directory. Hub ids stay as they are."""
+
+    def fix(value: str | None) -> str | None:
+        return str(Path(value).resolve()) if value and Path(value).exists() else value
+
+    data_fields = ("train", "eval", "prompts_eval", "preference_eval")
+    update: dict[str, Any] = {
+        "model": config.model.model_copy(update={"name_or_path": fix(config.model.name_or_path)}),
+        "data": config.data.model_copy(
+            update={k: fix(getattr(config.data, k)) for k in data_fields}
+        ),
+    }
+    dpo = getattr(config, "dpo", None)
+    if dpo is not None and dpo.ref_model:
+        update["dpo"] = dpo.model_copy(update={"ref_model": fix(dpo.ref_model)})
+    return config.model_copy(update=update)
+
+
 def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
     """Validate data, train on Ray Train, measure and register the final checkpoint.
 
@@ -285,6 +305,7 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    config = absolute_local_paths(config)
     stage.validate_data(config)  # bad data stops here, before any worker or checkpoint
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -101,3 +101,28 @@ def test_every_field_has_a_description():
     for model in (ModelConfig, DataConfig, RunConfig, ResourcesConfig):
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
+
+
+def test_stage_paths_are_made_absolute_for_the_workers(tmp_path, monkeypatch):
+    """Ray Train workers start in another directory than the driver: a relative local path
+    in a config must reach them resolved, while hub ids pass unchanged."""
+    from pipelines.training import STAGES, absolute_local_paths
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("{}\n")
+    (tmp_path / "sft").mkdir()
+    monkeypatch.chdir(tmp_path)
+    stage = STAGES["dpo"]()
+    config = stage.config_cls.model_validate(
+        {
+            "model": {"name_or_path": "sft"},
+            "data": {"train": "data/train.jsonl", "prompts_eval": "org/hub-dataset"},
+            "run": {"name": "x"},
+            "dpo": {"ref_model": "org/hub-model"},
+        }
+    )
+    fixed = absolute_local_paths(config)
+    assert fixed.model.name_or_path == str(tmp_path / "sft")
+    assert fixed.data.train == str(tmp_path / "data" / "train.jsonl")
+    assert fixed.data.prompts_eval == "org/hub-dataset"
+    assert fixed.dpo.ref_model == "org/hub-model"
