@@ -80,6 +80,12 @@ class ResourcesConfig(Strict):
 C = TypeVar("C", bound=BaseModel)
 
 
+def resolve_local(value: str | None) -> str | None:
+    """An existing local path made absolute (from this process's directory); anything else,
+    such as a hub id, unchanged. Ray actors and workers start in another directory."""
+    return str(Path(value).resolve()) if value and Path(value).exists() else value
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b=value` into (["a", "b"], value) with the value parsed as YAML."""
     if "=" not in text:

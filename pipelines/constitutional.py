@@ -22,7 +22,13 @@ from pipelines.constitution import (
     revision_messages,
 )
 from pipelines.safety_config import ConstitutionalStageConfig
-from pipelines.safety_stage import provenance, run_safety_stage, sample_policy, write_split
+from pipelines.safety_stage import (
+    absolute_paths,
+    provenance,
+    run_safety_stage,
+    sample_policy,
+    write_split,
+)
 
 
 @dataclass
@@ -151,6 +157,7 @@ def generate_revisions(
 
 def run_constitutional(config: ConstitutionalStageConfig):
     """The whole stage; returns the final checkpoint's registry entry (or the SFT dataset's)."""
+    config = absolute_paths(config)  # the closures below see the resolved paths
 
     def generate(constitution: Constitution, prompts: list[list[dict]]):
         return generate_revisions(config, constitution, prompts)

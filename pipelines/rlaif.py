@@ -22,7 +22,13 @@ from pipelines.labelling import (
     label_pairs,
 )
 from pipelines.safety_config import RLAIFStageConfig
-from pipelines.safety_stage import provenance, run_safety_stage, sample_policy, write_split
+from pipelines.safety_stage import (
+    absolute_paths,
+    provenance,
+    run_safety_stage,
+    sample_policy,
+    write_split,
+)
 
 
 def build_labeller(config: RLAIFStageConfig, constitution: Constitution) -> Labeller:
@@ -92,6 +98,7 @@ def generate_pairs(
 
 def run_rlaif(config: RLAIFStageConfig):
     """The whole stage; returns the final checkpoint's registry entry (or the dataset's)."""
+    config = absolute_paths(config)  # the closures below see the resolved paths
 
     def generate(constitution: Constitution, prompts: list[list[dict]]):
         labeller = build_labeller(config, constitution)

@@ -13,18 +13,56 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipelines.cluster import init_ray
-from pipelines.config import load_config
+from pipelines.config import load_config, resolve_local
 from pipelines.constitution import Constitution, load_constitution
 from pipelines.datasets import load_rows, validate_rows
 from pipelines.principle_checks import get_check, violation_rate
-from pipelines.safety_config import SafetyStageConfig
+from pipelines.safety_config import (
+    ChatModelSpec,
+    ConstitutionalStageConfig,
+    RLAIFStageConfig,
+    SafetyStageConfig,
+)
 from serving.registry import DatasetEntry, Registry, RegistryEntry
 
 SPLIT_FORMATS = {"sft": "language_modeling", "preference": "preference"}
 FOLLOW_UP_SPLIT = {"sft": "sft", "dpo": "preference", "reward_model": "preference"}
+
+
+S = TypeVar("S", bound=SafetyStageConfig)
+
+
+def absolute_paths(config: S) -> S:
+    """`config` with its local model, critic, labeller and data paths made absolute: the
+    rollout pool, critics and measurements run in Ray actors started elsewhere."""
+
+    def chat(spec: ChatModelSpec | None) -> ChatModelSpec | None:
+        return spec and spec.model_copy(update={"path": resolve_local(spec.path)})
+
+    update: dict[str, Any] = {
+        "model": config.model.model_copy(
+            update={"name_or_path": resolve_local(config.model.name_or_path)}
+        ),
+        "data": config.data.model_copy(
+            update={
+                "prompts": resolve_local(config.data.prompts),
+                "prompts_eval": resolve_local(config.data.prompts_eval),
+            }
+        ),
+        "constitution": resolve_local(config.constitution),
+    }
+    if isinstance(config, ConstitutionalStageConfig):
+        options = config.constitutional
+        update["constitutional"] = options.model_copy(update={"critic": chat(options.critic)})
+    if isinstance(config, RLAIFStageConfig):
+        labeller = config.rlaif.labeller.model_copy(
+            update={"model": chat(config.rlaif.labeller.model)}
+        )
+        update["rlaif"] = config.rlaif.model_copy(update={"labeller": labeller})
+    return config.model_copy(update=update)
 
 
 def read_prompt_conversations(path: str, limit: int | None = None) -> list[list[dict]]:

@@ -25,7 +25,14 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from pipelines.cluster import init_ray
-from pipelines.config import DataConfig, ModelConfig, ResourcesConfig, RunConfig, Strict
+from pipelines.config import (
+    DataConfig,
+    ModelConfig,
+    ResourcesConfig,
+    RunConfig,
+    Strict,
+    resolve_local,
+)
 from serving.registry import Registry, RegistryEntry
 
 FINAL_DIR = "final"
@@ -278,9 +285,7 @@ def absolute_local_paths(config: StageConfig) -> StageConfig:
     """`config` with its relative local model and data paths made absolute, as seen from
     the driver: Ray Train workers start in another directory. Hub ids stay as they are."""
 
-    def fix(value: str | None) -> str | None:
-        return str(Path(value).resolve()) if value and Path(value).exists() else value
-
+    fix = resolve_local
     data_fields = ("train", "eval", "prompts_eval", "preference_eval")
     update: dict[str, Any] = {
         "model": config.model.model_copy(update={"name_or_path": fix(config.model.name_or_path)}),

@@ -161,3 +161,34 @@ def test_registry_keeps_datasets_and_checkpoints_apart(tmp_path):
     registry.register(RegistryEntry(name="rlaif", stage="dpo", kind="chat", path="/m2"))
     assert set(registry.entries()) == {"sft", "rlaif"}  # what the Serve app reads
     assert registry.datasets()["rlaif-preference"].rows == 3
+
+
+def test_safety_stage_paths_are_made_absolute_for_the_actors(tmp_path, monkeypatch):
+    from pipelines.config import load_config
+    from pipelines.safety_config import ConstitutionalStageConfig, RLAIFStageConfig
+    from pipelines.safety_stage import absolute_paths
+
+    for d in ("policy", "critic"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "p.jsonl").write_text('{"prompt": "What is 1 + 1?"}\n')
+    monkeypatch.chdir(tmp_path)
+    common = ["model.name_or_path=policy", "data.prompts=p.jsonl", f"constitution={ARITHMETIC}"]
+    cai = absolute_paths(
+        load_config(
+            ConstitutionalStageConfig,
+            ROOT / "configs" / "tiny" / "constitutional.yaml",
+            [*common, "constitutional.critic.path=critic"],
+        )
+    )
+    assert cai.model.name_or_path == str(tmp_path / "policy")
+    assert cai.data.prompts == str(tmp_path / "p.jsonl")
+    assert cai.constitutional.critic.path == str(tmp_path / "critic")
+    rlaif = absolute_paths(
+        load_config(
+            RLAIFStageConfig,
+            ROOT / "configs" / "tiny" / "rlaif.yaml",
+            [*common, "rlaif.labeller={kind: model, model: {kind: checkpoint, path: org/hub}}"],
+        )
+    )
+    assert rlaif.rlaif.labeller.model.path == "org/hub"  # a hub id stays as it is
+    assert rlaif.model.name_or_path == str(tmp_path / "policy")
