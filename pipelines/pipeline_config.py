@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from pipelines.config import Strict
 
-TRAIN_STAGES = ("sft", "reward_model", "dpo", "kto", "ppo", "constitutional", "rlaif")
 TrainStage = Literal["sft", "reward_model", "dpo", "kto", "ppo", "constitutional", "rlaif"]
+TRAIN_STAGES: tuple[str, ...] = get_args(TrainStage)
 _REF = re.compile(r"\$\{([A-Za-z0-9._-]+)\}")
 
 

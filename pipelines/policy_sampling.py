@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from actors.batches import PromptRequest, SamplingOptions
 from actors.rollout_pool import RolloutPool
 from pipelines.ppo_config import RolloutConfig
 
 
-def build_pool(model_path: str, rollout: RolloutConfig | None = None, seed: int = 0) -> RolloutPool:
-    """A RolloutPool of GenerationWorkers serving `model_path`, placed as `rollout` says."""
+def build_pool(
+    model_path: str,
+    rollout: RolloutConfig | None = None,
+    seed: int = 0,
+    target: Callable[[], int | None] | None = None,
+) -> RolloutPool:
+    """A RolloutPool of GenerationWorkers serving `model_path`, placed as `rollout` says;
+    `target` (the RL run controller's wanted size) lets it grow or shrink while running."""
     from actors.generation_worker import remote_generation_worker
 
     r = rollout or RolloutConfig()
@@ -17,7 +25,7 @@ def build_pool(model_path: str, rollout: RolloutConfig | None = None, seed: int 
     def make(name: str):
         return cls.remote(model_path, name=name, max_model_len=r.max_model_len, seed=seed)
 
-    return RolloutPool(make, r.num_workers, r.chunk_size)
+    return RolloutPool(make, r.num_workers, r.chunk_size, target=target)
 
 
 def sample_texts(

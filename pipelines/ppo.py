@@ -92,19 +92,12 @@ class RLRun:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _build_pool(self, policy_path: str) -> RolloutPool:
-        from actors.generation_worker import remote_generation_worker
+        from pipelines.policy_sampling import build_pool
 
-        r = self.config.rollout
-        cls = remote_generation_worker(r.cpus_per_worker, r.gpus_per_worker, r.custom_resources)
-        seed = self.config.run.seed
-
-        def make(name: str):
-            return cls.remote(policy_path, name=name, max_model_len=r.max_model_len, seed=seed)
-
-        return RolloutPool(
-            make,
-            r.num_workers,
-            r.chunk_size,
+        return build_pool(
+            policy_path,
+            self.config.rollout,
+            seed=self.config.run.seed,
             target=lambda: ray.get(self.controller.get_rollout_workers.remote()),
         )
 
