@@ -336,6 +336,10 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
             storage_path=str(run_dir.parent),
             failure_config=FailureConfig(max_failures=config.training.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.training.keep_checkpoints + 1),
+            # Ray Train's print patch logs every print a second time, and also the prints
+            # that `dill` captures into a StringIO (datasets' fingerprinting disassembles
+            # the tokenising functions): pages of bytecode on the terminal.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
     result = trainer.fit()
