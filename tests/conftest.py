@@ -43,10 +43,12 @@ def ray_local():
     ray.shutdown()
 
 
-# An arithmetic variant a random `small` model learns in about 1000 CPU steps: sums of
-# operands 0..19 (400 distinct questions; 50 held out). (verbose_rate > 0 slowed the
-# learning of the sums themselves far beyond the CI budget: 0.04 after 1500 steps.)
-EASY_ARITHMETIC = {"max_operand": 19, "ops": "+"}
+# An arithmetic variant a random `small` model learns in 500 CPU steps at lr 5e-4: sums of
+# operands 0..19 (400 distinct questions; 50 held out). Half the SFT answers are sentences
+# ("The answer is 12."): SFT learns the sums (right answer in some format ~0.9) but exact
+# match stays near half, room that the preference and RL stages, whose data and rewards
+# want the bare number, are tested to recover.
+EASY_ARITHMETIC = {"max_operand": 19, "ops": "+", "verbose_rate": 0.5}
 
 
 @pytest.fixture(scope="session")
@@ -117,8 +119,6 @@ def sft_entry(ray_local, small_model, easy_data, runs_dir):
             f"data.prompts_eval={easy_data / 'prompts_test.jsonl'}",
             f"data.preference_eval={easy_data / 'preference_test.jsonl'}",
             f"run.storage_path={runs_dir}",
-            "training.max_steps=1000",
-            "training.save_steps=500",
         ],
     )
     return run_stage(stage, config)

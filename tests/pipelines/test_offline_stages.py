@@ -41,12 +41,15 @@ def test_sft_raises_heldout_accuracy(sft_entry, small_model, easy_data, runs_dir
     print(
         f"held-out exact match: base {base:.2f} -> sft {sft:.2f} (right answer in any format: {knows:.2f})"
     )
+    # Half the SFT answers are sentences, so exact match measures the format as much as the
+    # sums: 0.42 exact and 0.92 right answer in any format after 500 steps when written
+    # (1.0 and 1.0 on bare answers only).
     assert base <= 0.05
-    assert sft >= 0.3  # 0.84 and 0.98 in two 1000-step runs when written
-    assert knows >= sft
+    assert sft >= 0.25
+    assert knows >= 0.75 and knows >= sft
     registered = Registry(runs_dir).get("sft")
     assert (
-        registered.path == sft_entry.path and registered.stage == "sft" and registered.step == 1000
+        registered.path == sft_entry.path and registered.stage == "sft" and registered.step == 500
     )
     # The checkpoint is a self-contained HF directory.
     assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= {
@@ -54,15 +57,14 @@ def test_sft_raises_heldout_accuracy(sft_entry, small_model, easy_data, runs_dir
     }
 
 
-# The session's reward model (1500 steps, about 6 minutes here) trains in this test's setup.
+# The session's reward model (600 steps, about 4 minutes here) trains in this test's setup.
 @pytest.mark.timeout(1800)
 def test_reward_model_ranks_heldout_pairs(rm_entry):
     print("reward model:", rm_entry.metrics)
     assert rm_entry.kind == "reward"
-    # Held out: 400 pairs (50 unseen questions x 8 wrong answers, some only 1 off). When
-    # written: 0.87 after 1500 steps at lr 3e-4 (0.70-0.75 after the 300 steps at 1e-4 used
-    # before). The issue asks for 0.9, still open. Chance is 0.5.
-    assert rm_entry.metrics["heldout_pairwise_accuracy"] >= 0.8
+    # Held out: 400 pairs (50 unseen questions x 8 wrong answers, some only 1 off); chance is
+    # 0.5. When written: 0.86/0.91/0.97/1.00 after 150/300/450/600 steps at lr 3e-4.
+    assert rm_entry.metrics["heldout_pairwise_accuracy"] >= 0.9
 
 
 @pytest.mark.parametrize("stage_name", ["dpo", "kto"])
@@ -73,11 +75,13 @@ def test_preference_stage_raises_margin_keeps_accuracy(stage_name, sft_entry, ea
     )
     before, after = sft_entry.metrics, entry.metrics
     print(f"{stage_name}: sft {before} -> {after}")
-    # Margin: DPO (with its NLL term on chosen answers) +1.1, KTO +3 or more when written.
+    # When written, from SFT at 0.42 exact / 0.92 right answer in any format / margin 7.5:
+    # DPO 0.98 / 0.98 / 16.4, KTO 0.92 / 0.92 / 10.5. Both data sets answer with the bare
+    # number, so exact match rises; the sums themselves must survive (KTO at lr 1e-4 did
+    # not: 0.56 in any format).
     assert after["heldout_margin"] > before["heldout_margin"] + 0.5
-    # DPO 0.84 -> 0.90 (lr 1e-4, sft_weight 0.3), KTO (lr 2e-4) 0.84 -> 0.66 when written;
-    # KTO now runs at 1e-4.
-    assert after["heldout_accuracy"] >= before["heldout_accuracy"] - 0.2
+    assert after["heldout_accuracy"] >= before["heldout_accuracy"] + 0.2
+    assert after["heldout_contains_answer"] >= before["heldout_contains_answer"] - 0.1
     state = json.loads((Path(entry.path) / "trainer_state.json").read_text())
     logged = [h for h in state["log_history"] if "rewards/margins" in h or "rewards/chosen" in h]
     assert logged, "the trainer logged no reward metrics"

@@ -14,7 +14,9 @@ from pipelines.ppo_config import PPOStageConfig
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-GRPO_GAIN = 0.05  # measured +0.08 (0.28 -> 0.36) in 30 steps when written; the issue asks for more
+# From the SFT checkpoint (sums learnt, half the answers in sentences): 0.42 -> 0.88 held-out
+# exact match in 30 steps when written.
+GRPO_GAIN = 0.25
 
 
 def _rl_config(name: str, policy: Path, data: Path, runs: Path, *extra: str) -> PPOStageConfig:
@@ -35,17 +37,11 @@ def _metrics(config: PPOStageConfig) -> list[dict]:
     return [json.loads(x) for x in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="session")
-def mid_sft(sft_entry) -> Path:
-    """SFT's mid-run checkpoint: it answers some questions, leaving RL room to improve."""
-    return Path(sft_entry.path).parent / "checkpoint-000500"
-
-
-def test_grpo_raises_heldout_accuracy(ray_local, mid_sft, easy_data, runs_dir):
+def test_grpo_raises_heldout_accuracy(ray_local, sft_entry, easy_data, runs_dir):
     from pipelines.ppo import run_rl
 
-    config = _rl_config("grpo", mid_sft, easy_data, runs_dir)
-    before = evaluate(str(mid_sft), str(easy_data / "prompts_test.jsonl")).accuracy
+    config = _rl_config("grpo", Path(sft_entry.path), easy_data, runs_dir)
+    before = evaluate(sft_entry.path, str(easy_data / "prompts_test.jsonl")).accuracy
     entry = run_rl(config)
     after = entry.metrics["heldout_accuracy"]
     rows = _metrics(config)
@@ -58,13 +54,13 @@ def test_grpo_raises_heldout_accuracy(ray_local, mid_sft, easy_data, runs_dir):
     assert [r["step"] for r in rows] == list(range(1, config.rl.steps + 1))
 
 
-def test_grpo_async_mode_learns_with_stale_samples(ray_local, mid_sft, easy_data, runs_dir):
+def test_grpo_async_mode_learns_with_stale_samples(ray_local, sft_entry, easy_data, runs_dir):
     from pipelines.ppo import run_rl
 
     config = _rl_config(
-        "grpo", mid_sft, easy_data, runs_dir, "run.name=grpo-async", "rl.async=true"
+        "grpo", Path(sft_entry.path), easy_data, runs_dir, "run.name=grpo-async", "rl.async=true"
     )
-    before = evaluate(str(mid_sft), str(easy_data / "prompts_test.jsonl")).accuracy
+    before = evaluate(sft_entry.path, str(easy_data / "prompts_test.jsonl")).accuracy
     entry = run_rl(config)
     rows = _metrics(config)
     after = entry.metrics["heldout_accuracy"]
@@ -95,14 +91,14 @@ def test_ppo_with_critic_and_reward_model(ray_local, sft_entry, rm_entry, easy_d
         [round(x, 2) for x in ev[::5]],
     )
     # Held-out reward (50 unseen prompts x 4 samples) is measured before training and at
-    # every eval step. When written it moved 0.408 -> 0.469 (lr 1e-5) and 0.408 -> 0.471
-    # (lr 3e-5), within its noise: a clear rise against a 0.70-accurate reward model is still
-    # open. Faster settings (lr 2e-5, 2 epochs, 64 prompts) dropped accuracy 0.50 -> 0.26
-    # for 0.46 -> 0.50 reward: the weak reward model gets exploited.
+    # every eval step. When written, against the 1.0-accurate reward model: 0.86 -> 0.96 ->
+    # 1.35 -> 1.67 at steps 0/10/20/30, and held-out exact match 0.42 -> 0.76 (the reward
+    # model, trained on bare answers, scores the sentence answers low).
     assert [e["step"] for e in evals] == [0, 10, 20, 30]
     assert all(math.isfinite(e["heldout_reward"]) for e in evals)
-    assert entry.metrics["heldout_accuracy"] >= sft_entry.metrics["heldout_accuracy"] - 0.2
+    assert evals[-1]["heldout_reward"] > evals[0]["heldout_reward"] + 0.3
+    assert entry.metrics["heldout_accuracy"] >= sft_entry.metrics["heldout_accuracy"]
     # The critic (initialised from the reward model) learns the returns of rollouts it has not
-    # yet trained on: explained variance -0.01 -> 0.56 (first vs last five steps) when written.
+    # yet trained on: explained variance 0.07 -> 0.31 (first vs last five steps) when written.
     first, last = sum(ev[:5]) / 5, sum(ev[-5:]) / 5
-    assert last > 0.2 and last > first + 0.2
+    assert last > 0.15 and last > first + 0.1

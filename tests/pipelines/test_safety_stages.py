@@ -50,6 +50,7 @@ def verbose_sft(ray_local, tiny_model, verbose_data, runs_dir):
             f"run.storage_path={runs_dir}",
             "run.name=sft-verbose",
             "training.max_steps=150",
+            "training.learning_rate=2.0e-3",  # the tiny model, briefly: the rate measured here
             "training.save_steps=150",
             "training.logging_steps=50",
         ],
