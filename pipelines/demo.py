@@ -22,6 +22,9 @@ CHAT_STAGES = ["base", "sft", "dpo", "kto", "grpo", "ppo"]
 SAFETY_STAGES = ["rlaif", "constitutional"]  # optional: `rayalign demo --with rlaif`
 COLUMNS = {
     "heldout_accuracy": "accuracy",
+    # The right number anywhere in the answer: SFT knows the sums but often answers in a
+    # sentence, which exact match (accuracy) and the later stages' data and rewards reject.
+    "heldout_contains_answer": "any format",
     "heldout_reward": "RL reward",
     "heldout_pairwise_accuracy": "RM pair acc",
     "heldout_violation_number_only": "not num-only",
