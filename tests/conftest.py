@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -91,6 +92,16 @@ def easy_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Storage path shared by the session's stage runs (one registry)."""
     return tmp_path_factory.mktemp("runs")
+
+
+def checkpoint_committed(run_dir: Path) -> bool:
+    """Whether Ray Train has registered a checkpoint of the run (its manager's snapshot):
+    a checkpoint directory alone may not be resumable yet."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(snapshot.get("latest_checkpoint_result"))
 
 
 def stage_config(stage_name: str, overrides: list[str]):

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pipelines.cluster import free_port
+from tests.conftest import checkpoint_committed
 from tests.e2e.conftest import served_models, start_serve
 
 pytestmark = pytest.mark.slow
@@ -75,16 +76,6 @@ def _pipeline(storage: Path) -> dict:
     }
 
 
-def _committed(run_dir: Path) -> bool:
-    """Whether Ray Train has registered a checkpoint of the run (its manager's snapshot):
-    a checkpoint directory alone may not be resumable yet."""
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(snapshot.get("latest_checkpoint_result"))
-
-
 def _state(storage: Path) -> dict:
     path = storage / "pipeline-e2e.json"
     return json.loads(path.read_text())["stages"] if path.exists() else {}
@@ -107,7 +98,7 @@ def test_pipeline_interrupted_rerun_skips_finished_and_serves_all(head_node, tmp
 
     first = _run(config, head_node.address, head_node.env)
     deadline = time.time() + 600
-    while not _committed(storage / "sft"):
+    while not checkpoint_committed(storage / "sft"):
         assert first.poll() is None, first.stdout.read()[-3000:]
         assert time.time() < deadline, "sft wrote no checkpoint"
         time.sleep(0.5)

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import stage_config
+from tests.conftest import checkpoint_committed, stage_config
 
 pytestmark = pytest.mark.slow
 
@@ -158,10 +158,9 @@ def test_interrupted_driver_rerun_resumes_at_saved_step(
         cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        _wait_for(
-            lambda: (config.run_dir / "checkpoint-000020").is_dir(), 300, "the first checkpoint"
-        )
-        time.sleep(1.0)
+        # Killed once Ray Train has committed a checkpoint (a directory alone may not be
+        # resumable yet: the rerun then starts at step 0).
+        _wait_for(lambda: checkpoint_committed(config.run_dir), 300, "the first checkpoint")
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
