@@ -77,9 +77,9 @@ def test_preference_stage_raises_margin_keeps_accuracy(stage_name, sft_entry, ea
     before, after = sft_entry.metrics, entry.metrics
     print(f"{stage_name}: sft {before} -> {after}")
     # When written, from SFT at 0.42 exact / 0.92 right answer in any format / margin 7.5,
-    # after 60 steps: DPO 0.94 / 0.94 / 9.9, KTO 0.86 / 0.88 / 9.4. Both data sets answer with the bare
-    # number, so exact match rises; the sums themselves must survive (KTO at lr 1e-4 did
-    # not: 0.56 in any format).
+    # after 60 steps: DPO 0.94 / 0.94 / 9.9, KTO 0.86 / 0.88 / 9.4. Both data sets answer
+    # with the bare number, so exact match rises; the sums themselves must survive (KTO at
+    # lr 1e-4 did not: 0.56 in any format).
     assert after["heldout_margin"] > before["heldout_margin"] + 0.5
     assert after["heldout_accuracy"] >= before["heldout_accuracy"] + 0.2
     assert after["heldout_contains_answer"] >= before["heldout_contains_answer"] - 0.1
