@@ -47,10 +47,10 @@ def run_endpoint(
     `on_ready` runs once every model serves."""
     wanted = selected(config)
     connect(address, len(wanted), config)
-    stop = {"now": False}
 
     def _interrupt(signum, frame):
-        stop["now"] = True
+        # Also while a deployment is being waited on: Ctrl-C never waits for engines.
+        raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -65,9 +65,9 @@ def run_endpoint(
         print_usage(config, sorted(watch.published))
         if on_ready:
             on_ready()
-        while not stop["now"]:
+        while True:
             time.sleep(config.watch_interval_s or 1.0)
-            if config.watch_interval_s and not stop["now"]:
+            if config.watch_interval_s:
                 try:
                     added, removed = watch.sync()
                 except (ServeError, ValueError) as err:
@@ -75,6 +75,8 @@ def run_endpoint(
                     continue
                 if added or removed:
                     print(f"[serve] published {added or '-'}, removed {removed or '-'}", flush=True)
+    except KeyboardInterrupt:
+        pass
     finally:
         signal.signal(signal.SIGINT, previous)
         print("[serve] shutting down", flush=True)
