@@ -11,6 +11,7 @@ Ctrl-C.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from pipelines.config import load_config
@@ -125,6 +126,69 @@ def print_usage(port: int, models: list[str]) -> None:
     print(f"  playground: {url}/", flush=True)
 
 
+# Logical CPUs of the demo's cluster: a stage's actors (up to 3) twice over, plus one per
+# served engine and the ingress; they all share the machine's cores (Ray counts logically).
+DEMO_CPUS = 24
+# KV cache per served engine: 0.25 GiB holds ~65k tokens of the small model; vLLM's 1 GiB
+# default would take 7 GiB for the demo's seven engines.
+DEMO_KVCACHE_GIB = 0.25
+
+
+class StagePublisher:
+    """Puts each stage's checkpoint on the endpoint as soon as the pipeline registers it:
+    engines start while later stages train (using the cores a stage leaves idle: process
+    start-ups, the RL stages' phases) and the early stages can be queried before the end."""
+
+    def __init__(self, storage: Path, serving, names: list[str], runner) -> None:
+        self.storage, self.serving, self.names, self.runner = storage, serving, names, runner
+        self.published: set[str] = set()
+        self.failed: set[str] = set()
+        self.kinds: dict[str, str] = {}
+
+    def poll(self) -> None:
+        from ray import serve
+
+        from serving.deploy import publish
+        from serving.model_apps import app_name
+        from serving.registry import Registry
+
+        if self.published - self.failed:  # say at once when an engine cannot start
+            apps = serve.status().applications
+            for name in sorted(self.published - self.failed):
+                state = apps.get(app_name(self.kinds[name], name))
+                if state and str(state.status).endswith("DEPLOY_FAILED"):
+                    self.failed.add(name)
+                    print(f"[serve] {name} failed to deploy: {state.message}", flush=True)
+
+        registry = Registry(self.storage)
+        base = self.runner.state.stages.get("base")
+        if base and base.status == "succeeded" and registry.get("base") is None:
+            register_base(self.storage, measure=False)  # its accuracy comes after the pipeline
+        entries = registry.entries()
+        fresh = [entries[n] for n in self.names if n in entries and n not in self.published]
+        self.kinds.update({e.name: e.kind for e in fresh})
+        if fresh:
+            publish(fresh, self.serving, wait=False)
+            self.published.update(e.name for e in fresh)
+            names = ", ".join(e.name for e in fresh)
+            print(
+                f"[serve] deploying {names} on the endpoint while the pipeline goes on", flush=True
+            )
+
+
+def register_base(storage: Path, measure: bool = True) -> None:
+    """Register the random base model as 'base' (with its held-out accuracy if `measure`)."""
+    from pipelines.evaluate import evaluate
+    from serving.registry import Registry, RegistryEntry
+
+    base = str(storage / "base")
+    metrics = {}
+    if measure:
+        accuracy = evaluate(base, str(storage / "data" / "prompts_test.jsonl")).accuracy
+        metrics["heldout_accuracy"] = accuracy
+    Registry(storage).register(RegistryEntry("base", "base", "chat", base, metrics=metrics))
+
+
 def run_demo(
     out: str = "runs/demo",
     port: int = 8000,
@@ -132,42 +196,59 @@ def run_demo(
     pipeline: Path = PIPELINE,
     include: tuple[str, ...] = (),
 ) -> list[dict]:
-    """Run the pipeline's unfinished stages (and the optional ones in `include`), compare
-    every stage, then serve them all."""
+    """Run the pipeline's unfinished stages (and the optional ones in `include`), serving
+    each stage as it finishes; compare every stage, then serve them all until Ctrl-C."""
     from pipelines.cluster import local_head_node
-    from pipelines.evaluate import evaluate
     from pipelines.pipeline import PipelineRunner, status_table
     from serving.config import ServingConfig
-    from serving.endpoint import run_endpoint
-    from serving.registry import Registry, RegistryEntry
+    from serving.deploy import RegistryWatch, start_endpoint
+    from serving.endpoint import connect, serve_until_interrupted, shutdown
 
     storage = Path(out).resolve()
     config = load_config(
         PipelineConfig, pipeline, [f"storage_path={storage}", f"include={json.dumps(include)}"]
     )
-    with local_head_node() as head:
+    chat = [*CHAT_STAGES, *(n for n in SAFETY_STAGES if n in include)]
+    serving = ServingConfig(
+        registry=str(storage),
+        port=port,
+        models=[*chat, "rm"],
+        watch_interval_s=None,
+        chat={"cpu_kvcache_gib": DEMO_KVCACHE_GIB},
+    )
+    with local_head_node(num_cpus=DEMO_CPUS) as head:
         print(f"[demo] local Ray cluster up (dashboard and jobs API {head.jobs})", flush=True)
         runner = PipelineRunner(config, head.jobs, local=True)
-        if not runner.run():
-            print(status_table(config))
-            raise SystemExit("[demo] a stage failed; fix it and rerun `make demo` to resume")
-        registry = Registry(storage)
-        if registry.get("base") is None:
-            base = str(storage / "base")
-            accuracy = evaluate(base, str(storage / "data" / "prompts_test.jsonl")).accuracy
-            registry.register(
-                RegistryEntry("base", "base", "chat", base, metrics={"heldout_accuracy": accuracy})
-            )
-        rows = summarize(storage, runner.state.stages)
-        print_table(rows)
-        (storage / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-        plot_curves(storage, rows, storage / "curves.png")
-        print(f"[demo] wrote {storage / 'summary.json'} and {storage / 'curves.png'}", flush=True)
+        publisher = None
         if serve:
-            chat = [*CHAT_STAGES, *(n for n in SAFETY_STAGES if registry.get(n))]
-            models = [*chat, "rm"]
-            serving = ServingConfig(
-                registry=str(storage), port=port, models=models, watch_interval_s=None
+            connect(head.gcs, len(serving.models), serving)
+            logging.getLogger("ray.serve").setLevel(
+                logging.WARNING
+            )  # not each deployment's options
+            print(f"[serve] starting the ingress on {serving.host}:{port}", flush=True)
+            start_endpoint(serving, wait=False)
+            publisher = StagePublisher(storage, serving, serving.models, runner)
+        try:
+            if not runner.run(on_poll=publisher.poll if publisher else None):
+                print(status_table(config))
+                raise SystemExit("[demo] a stage failed; fix it and rerun `make demo` to resume")
+            register_base(storage)  # again, now with its held-out accuracy
+            rows = summarize(storage, runner.state.stages)
+            print_table(rows)
+            (storage / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+            plot_curves(storage, rows, storage / "curves.png")
+            print(
+                f"[demo] wrote {storage / 'summary.json'} and {storage / 'curves.png'}", flush=True
             )
-            run_endpoint(serving, address=head.gcs, on_ready=lambda: print_usage(port, chat))
+        except BaseException:
+            if publisher:
+                shutdown(stop_serve=False)  # the cluster goes down with everything on it
+            raise
+        if serve:
+            serve_until_interrupted(
+                serving,
+                RegistryWatch(serving),
+                on_ready=lambda: print_usage(port, chat),
+                stop_serve=False,
+            )
     return rows

@@ -199,8 +199,9 @@ class PipelineRunner:
             self.state.stages[child].message = f"not run: {spec.name} failed"
             print(f"[pipeline] {child}: not run, because {spec.name} failed", flush=True)
 
-    def run(self, poll_s: float = 2.0) -> bool:
-        """Run every unfinished stage. Returns whether all succeeded."""
+    def run(self, poll_s: float = 2.0, on_poll: Callable[[], None] | None = None) -> bool:
+        """Run every unfinished stage. Returns whether all succeeded. `on_poll` runs after
+        each look at the jobs (the demo publishes finished stages from it)."""
         for s in self.stages:
             st = self.state.stages[s.name]
             if st.status == "succeeded":
@@ -229,6 +230,8 @@ class PipelineRunner:
                 for s in ready[: max(0, self.config.max_parallel - len(running))]:
                     self._submit(s)
                 self.state.save(self.path)
+                if on_poll:
+                    on_poll()
                 if not running and not ready:
                     break
                 time.sleep(poll_s)

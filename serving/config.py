@@ -58,8 +58,11 @@ class ChatModelOptions(Strict):
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may take (GPU only)."
     )
-    cpu_kvcache_gib: int = Field(
-        1, ge=1, description="KV cache in host memory per replica, GiB (CPU only)."
+    cpu_kvcache_gib: float = Field(
+        1.0,
+        gt=0,
+        description="KV cache in host memory per replica, GiB (CPU only; 0.25 holds ~65k "
+        "tokens of the small model).",
     )
     enforce_eager: bool = Field(
         True, description="Skip CUDA graphs/compilation: faster start, needed on CPU."

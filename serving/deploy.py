@@ -28,19 +28,22 @@ class ServeError(RuntimeError):
     """A model application that failed to deploy; the message names it and why."""
 
 
-def start_endpoint(config: ServingConfig) -> None:
-    """Start Serve's proxy on `config.host:port` and the ingress application at `/`."""
+def start_endpoint(config: ServingConfig, wait: bool = True) -> None:
+    """Start Serve's proxy on `config.host:port` and the ingress application at `/`
+    (`wait`: until the ingress runs)."""
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(
-        ingress_app(
-            registry=config.registry,
-            api_key=config.api_key,
-            max_body_bytes=config.max_body_bytes,
-            num_cpus=config.ingress_cpus,
-        ),
-        name=INGRESS_APP,
-        route_prefix="/",
+    app = ingress_app(
+        registry=config.registry,
+        api_key=config.api_key,
+        max_body_bytes=config.max_body_bytes,
+        num_cpus=config.ingress_cpus,
     )
+    serve.run_many(
+        [serve.RunTarget(target=app, name=INGRESS_APP, route_prefix="/")],
+        wait_for_applications_running=False,
+    )
+    if wait:
+        wait_running([INGRESS_APP])
 
 
 def served_models() -> dict[str, str]:

@@ -11,7 +11,15 @@ from ray import serve
 
 from pipelines.cluster import init_ray
 from serving.config import ServingConfig
-from serving.deploy import RegistryWatch, ServeError, selected, start_endpoint
+from serving.deploy import (
+    INGRESS_APP,
+    RegistryWatch,
+    ServeError,
+    selected,
+    start_endpoint,
+    wait_running,
+)
+from serving.model_apps import app_name
 
 # Logical CPUs a local cluster declares beyond the models it starts with, so checkpoints
 # published later can be scheduled (Ray counts CPUs logically; cores are shared).
@@ -39,14 +47,16 @@ def print_usage(config: ServingConfig, names: list[str]) -> None:
     print(f"[serve] try: curl -s {url}/v1/models{auth}")
 
 
-def run_endpoint(
-    config: ServingConfig, address: str | None = None, on_ready: Callable[[], None] | None = None
+def serve_until_interrupted(
+    config: ServingConfig,
+    watch: RegistryWatch,
+    on_ready: Callable[[], None] | None = None,
+    stop_serve: bool = True,
 ) -> None:
-    """Start the endpoint with the registry's checkpoints and keep it in step with the
-    registry (when `config.watch_interval_s` is set) until interrupted; then shut down.
-    `on_ready` runs once every model serves."""
-    wanted = selected(config)
-    connect(address, len(wanted), config)
+    """Publish what the registry holds and `watch` has not, wait until every model (and
+    the ingress) runs, then follow the registry (when `config.watch_interval_s` is set)
+    until Ctrl-C or SIGTERM; always disconnect the driver at the end, and shut Serve
+    down unless `stop_serve` is False (the caller stops the whole cluster anyway)."""
 
     def _interrupt(signum, frame):
         # Also while a deployment is being waited on: Ctrl-C never waits for engines.
@@ -55,12 +65,11 @@ def run_endpoint(
     previous = signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        print(f"[serve] starting the ingress on {config.host}:{config.port}", flush=True)
-        start_endpoint(config)
-        watch = RegistryWatch(config)
-        print(f"[serve] deploying {len(wanted)} checkpoint(s): {', '.join(wanted)}", flush=True)
+        wanted = selected(config)
+        print(f"[serve] serving {len(wanted)} checkpoint(s): {', '.join(wanted)}", flush=True)
         started = time.monotonic()
-        watch.sync()
+        watch.sync(wait=False)
+        wait_running([INGRESS_APP, *(app_name(e.kind, n) for n, e in wanted.items())])
         print(f"[serve] ready in {time.monotonic() - started:.0f}s", flush=True)
         print_usage(config, sorted(watch.published))
         if on_ready:
@@ -79,6 +88,28 @@ def run_endpoint(
         pass
     finally:
         signal.signal(signal.SIGINT, previous)
-        print("[serve] shutting down", flush=True)
+        shutdown(stop_serve)
+
+
+def shutdown(stop_serve: bool = True) -> None:
+    """Delete every Serve application (graceful: up to 30 s) and disconnect the driver."""
+    print("[serve] shutting down", flush=True)
+    if stop_serve:
         serve.shutdown()
-        ray.shutdown()
+    ray.shutdown()
+
+
+def run_endpoint(
+    config: ServingConfig, address: str | None = None, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Start the endpoint with the registry's checkpoints and keep it in step with the
+    registry (when `config.watch_interval_s` is set) until interrupted; then shut down.
+    `on_ready` runs once every model serves."""
+    connect(address, len(selected(config)), config)
+    print(f"[serve] starting the ingress on {config.host}:{config.port}", flush=True)
+    try:
+        start_endpoint(config, wait=False)  # the ingress starts beside the models
+    except BaseException:
+        shutdown()
+        raise
+    serve_until_interrupted(config, RegistryWatch(config), on_ready)

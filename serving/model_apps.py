@@ -44,19 +44,23 @@ except ImportError:  # another Ray: engines keep the default initialisation
 
 if CallbackBase is not None:
 
-    class LocalCheckpointCallback(CallbackBase):
-        """Skips `ray.serve.llm`'s per-node "download" task for a checkpoint that is
-        already on a local (or shared) filesystem.
+    class EngineInitCallback(CallbackBase):
+        """Runs in the serving replica before its vLLM engine starts.
 
-        For such a path the task downloads nothing, yet it starts one more Ray worker
-        process per engine, which imports vLLM (~12 s of CPU each; seven engines on two
-        cores queue behind them).
+        - Skips `ray.serve.llm`'s per-node "download" task for a checkpoint already on a
+          local (or shared) filesystem: it downloads nothing there, yet starts one more
+          worker process per engine, which imports vLLM (~12 s of CPU each; seven engines
+          on two cores queue behind them).
+        - Drops an inherited VLLM_CPU_KVCACHE_SPACE (whole GiB, and it overrides the
+          engine's own `kv_cache_memory_bytes`) before the engine's processes start.
         """
 
         async def on_before_node_init(self) -> None:
             source = self.llm_config.model_loading_config.model_source
             if isinstance(source, str) and os.path.isdir(source):
                 self.ctx.run_init_node = False
+            if "kv_cache_memory_bytes" in self.llm_config.engine_kwargs:
+                os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
 
 
 def llm_config(name: str, path: str, options: ChatModelOptions):
@@ -73,14 +77,15 @@ def llm_config(name: str, path: str, options: ChatModelOptions):
     else:
         bundle = {"CPU": options.cpus_per_replica, "GPU": 0}
         # Engines that share cores must not pin OpenMP threads to the same ones.
-        env = {
-            "VLLM_CPU_KVCACHE_SPACE": str(options.cpu_kvcache_gib),
-            "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-        }
+        env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+        if CallbackBase is not None:  # which clears an inherited VLLM_CPU_KVCACHE_SPACE
+            engine_kwargs["kv_cache_memory_bytes"] = int(options.cpu_kvcache_gib * 2**30)
+        else:
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(options.cpu_kvcache_gib)))
     bundle.update(options.custom_resources)
     extra: dict[str, Any] = {}
     if CallbackBase is not None:
-        extra["callback_config"] = {"callback_class": "serving.model_apps:LocalCheckpointCallback"}
+        extra["callback_config"] = {"callback_class": "serving.model_apps:EngineInitCallback"}
     return LLMConfig(
         model_loading_config={"model_id": name, "model_source": path},
         engine_kwargs=engine_kwargs,

@@ -135,7 +135,7 @@ def critic_endpoint(ray_local, verbose_sft, rlaif_entry, tmp_path_factory):
 
     from pipelines.cluster import free_port
     from serving.config import ServingConfig
-    from serving.deploy import RegistryWatch, start_endpoint
+    from serving.deploy import INGRESS_APP, RegistryWatch, start_endpoint, wait_running
     from serving.registry import Registry
 
     registry = tmp_path_factory.mktemp("critic-registry")
@@ -147,8 +147,9 @@ def critic_endpoint(ray_local, verbose_sft, rlaif_entry, tmp_path_factory):
         chat={"max_model_len": 256},
         watch_interval_s=None,
     )
-    start_endpoint(config)
+    start_endpoint(config, wait=False)  # the ingress starts beside the engines
     RegistryWatch(config).sync()
+    wait_running([INGRESS_APP])
     yield f"http://127.0.0.1:{config.port}/v1", verbose_sft.name
     serve.shutdown()
 

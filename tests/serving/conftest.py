@@ -36,12 +36,14 @@ def register_tiny(registry: Path, name: str, seed: int) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+# One endpoint for the whole package (the API tests and the playground): seven vLLM engine
+# start-ups cost minutes on two cores. Tests that publish or remove models undo it.
+@pytest.fixture(scope="package")
 def endpoint(ray_local, small_model, sft_entry, rm_entry, tmp_path_factory):
     from ray import serve
 
     from serving.config import ServingConfig
-    from serving.deploy import RegistryWatch, start_endpoint
+    from serving.deploy import INGRESS_APP, RegistryWatch, start_endpoint, wait_running
     from serving.registry import Registry, RegistryEntry
 
     registry = tmp_path_factory.mktemp("serving-registry")
@@ -58,8 +60,9 @@ def endpoint(ray_local, small_model, sft_entry, rm_entry, tmp_path_factory):
         chat={"max_model_len": 256},
         watch_interval_s=None,
     )
-    start_endpoint(config)
+    start_endpoint(config, wait=False)  # the ingress starts beside the engines
     RegistryWatch(config).sync()
+    wait_running([INGRESS_APP])
     yield Endpoint(url=f"http://127.0.0.1:{config.port}", registry=registry, config=config)
     serve.shutdown()
 

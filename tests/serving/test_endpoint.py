@@ -96,6 +96,7 @@ def test_reward_route_prefers_chosen_on_heldout_pairs(http, rm_entry, easy_pairs
 
 def test_publish_while_another_model_streams(endpoint, client):
     from serving.deploy import RegistryWatch
+    from serving.registry import Registry
 
     results: list[tuple[int, str]] = []
     errors: list[BaseException] = []
@@ -139,6 +140,8 @@ def test_publish_while_another_model_streams(endpoint, client):
         assert time.time() < deadline, "the published model never appeared in /v1/models"
         time.sleep(0.5)
     _greedy(client, "late")
+    Registry(endpoint.registry).remove("late")  # the endpoint is shared by the package
+    assert RegistryWatch(endpoint.config).sync() == ([], ["late"])
 
 
 def test_removed_model_is_gone_others_stay(endpoint, client):
