@@ -113,7 +113,8 @@ def local_head_node(
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGTERM)
             try:
-                head.wait(timeout=30)
+                # A throwaway cluster: a short grace, then everything in its session goes.
+                head.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(head.pid, signal.SIGKILL)
                 head.wait()

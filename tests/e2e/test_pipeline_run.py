@@ -55,7 +55,8 @@ def _pipeline(storage: Path) -> dict:
                     "data.train=${storage}/data/sft_train.jsonl",
                     "data.eval=null",
                     "data.prompts_eval=${storage}/data/prompts_test.jsonl",
-                    "training.max_steps=400",
+                    # Long enough to be interrupted after its first checkpoint (step 20).
+                    "training.max_steps=120",
                     *tiny,
                 ],
             },
