@@ -139,40 +139,29 @@ class StagePublisher:
     engines start while later stages train (using the cores a stage leaves idle: process
     start-ups, the RL stages' phases) and the early stages can be queried before the end."""
 
-    def __init__(self, storage: Path, serving, names: list[str], runner) -> None:
-        self.storage, self.serving, self.names, self.runner = storage, serving, names, runner
-        self.published: set[str] = set()
-        self.failed: set[str] = set()
-        self.kinds: dict[str, str] = {}
+    def __init__(self, storage: Path, serving, runner) -> None:
+        from serving.deploy import RegistryWatch
+
+        self.storage, self.runner = storage, runner
+        self.watch = RegistryWatch(serving, missing_ok=True)
+        self.reported: set[str] = set()
 
     def poll(self) -> None:
-        from ray import serve
-
-        from serving.deploy import publish
-        from serving.model_apps import app_name
+        from serving.deploy import deploy_failures
         from serving.registry import Registry
 
-        if self.published - self.failed:  # say at once when an engine cannot start
-            apps = serve.status().applications
-            for name in sorted(self.published - self.failed):
-                state = apps.get(app_name(self.kinds[name], name))
-                if state and str(state.status).endswith("DEPLOY_FAILED"):
-                    self.failed.add(name)
-                    print(f"[serve] {name} failed to deploy: {state.message}", flush=True)
-
-        registry = Registry(self.storage)
+        for name, message in deploy_failures().items():  # say at once when one cannot start
+            if name not in self.reported:
+                self.reported.add(name)
+                print(f"[serve] {name} failed to deploy: {message}", flush=True)
         base = self.runner.state.stages.get("base")
-        if base and base.status == "succeeded" and registry.get("base") is None:
+        if base and base.status == "succeeded" and Registry(self.storage).get("base") is None:
             register_base(self.storage, measure=False)  # its accuracy comes after the pipeline
-        entries = registry.entries()
-        fresh = [entries[n] for n in self.names if n in entries and n not in self.published]
-        self.kinds.update({e.name: e.kind for e in fresh})
-        if fresh:
-            publish(fresh, self.serving, wait=False)
-            self.published.update(e.name for e in fresh)
-            names = ", ".join(e.name for e in fresh)
+        added, _ = self.watch.sync(wait=False)
+        if added:
             print(
-                f"[serve] deploying {names} on the endpoint while the pipeline goes on", flush=True
+                f"[serve] deploying {', '.join(added)} on the endpoint while the pipeline goes on",
+                flush=True,
             )
 
 
@@ -222,12 +211,11 @@ def run_demo(
         publisher = None
         if serve:
             connect(head.gcs, len(serving.models), serving)
-            logging.getLogger("ray.serve").setLevel(
-                logging.WARNING
-            )  # not each deployment's options
+            # Not every deployment's options on the console.
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)
             print(f"[serve] starting the ingress on {serving.host}:{port}", flush=True)
             start_endpoint(serving, wait=False)
-            publisher = StagePublisher(storage, serving, serving.models, runner)
+            publisher = StagePublisher(storage, serving, runner)
         try:
             if not runner.run(on_poll=publisher.poll if publisher else None):
                 print(status_table(config))

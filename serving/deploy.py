@@ -52,6 +52,16 @@ def served_models() -> dict[str, str]:
     return {p[1]: p[0] for p in map(parse_app_name, apps) if p}
 
 
+def deploy_failures() -> dict[str, str]:
+    """{model name: Serve's message} of our model applications that failed to deploy."""
+    apps = serve.status().applications
+    return {
+        p[1]: state.message
+        for app, state in apps.items()
+        if (p := parse_app_name(app)) and str(state.status).endswith("DEPLOY_FAILED")
+    }
+
+
 def wait_running(apps: list[str], timeout_s: float = 600.0) -> None:
     """Block until every application in `apps` runs.
 
@@ -107,18 +117,19 @@ def remove(name: str) -> bool:
     return True
 
 
-def selected(config: ServingConfig) -> dict[str, RegistryEntry]:
-    """The registry entries `config` serves (all, or those named in `config.models`)."""
+def selected(config: ServingConfig, missing_ok: bool = False) -> dict[str, RegistryEntry]:
+    """The registry entries `config` serves (all, or those named in `config.models`;
+    `missing_ok`: those of them registered so far)."""
     entries = Registry(config.registry).entries()
     if config.models is None:
         return entries
     unknown = sorted(set(config.models) - set(entries))
-    if unknown:
+    if unknown and not missing_ok:
         raise ValueError(
             f"models {unknown} are not in the registry {Path(config.registry) / 'registry.json'}; "
             f"registered: {', '.join(sorted(entries)) or 'none'}"
         )
-    return {n: entries[n] for n in config.models}
+    return {n: entries[n] for n in config.models if n in entries}
 
 
 @dataclass
@@ -127,10 +138,12 @@ class RegistryWatch:
 
     config: ServingConfig
     published: dict[str, str] = field(default_factory=dict)  # name -> checkpoint path
+    # Models named in config.models but not registered yet are left for a later sync.
+    missing_ok: bool = False
 
     def sync(self, wait: bool = True) -> tuple[list[str], list[str]]:
         """Publish new or re-registered entries, remove deleted ones. Returns (added, removed)."""
-        wanted = selected(self.config)
+        wanted = selected(self.config, self.missing_ok)
         served = served_models()
         fresh = [
             e

@@ -76,3 +76,25 @@ def test_serve_publish_remove_and_ctrl_c(head_node, tmp_path):
         if serve.poll() is None:
             serve.kill()
             serve.wait()
+
+
+def test_ctrl_c_while_engines_deploy_exits_without_waiting_for_them(head_node, tmp_path):
+    registry = tmp_path / "runs"
+    register_tiny(registry, "base", seed=0)
+    serve = start_serve(registry, free_port(), head_node)
+    try:
+        lines = []
+        while not any(line.startswith("[serve] serving") for line in lines):
+            line = serve.stdout.readline()
+            assert line, f"rayalign serve exited early: {''.join(lines)[-3000:]}"
+            lines.append(line)
+        serve.send_signal(signal.SIGINT)  # the engine is still starting
+        out, _ = serve.communicate(timeout=120)
+        out = "".join(lines) + out
+        assert serve.returncode == 0, out[-3000:]
+        assert "[serve] shutting down" in out
+        assert "[serve] ready" not in out  # it left without waiting for the engine
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
