@@ -25,6 +25,11 @@ ABOUT = {
     "(synchronous and one-step-stale asynchronous) against `trl.GRPOTrainer`, every "
     "checkpoint scored by the same held-out evaluator.",
     "serve_load": "The chat endpoint under bounded concurrent clients over loopback.",
+    "parallel_stages": "Training steps/s of the `small` model: one process with two torch "
+    "threads against two one-thread processes side by side (the demo's two stages at once).",
+    "serve_startup": "Seconds until N chat engines started together all serve: rayalign's "
+    "engine init callback (no per-node download task for a checkpoint on disk) against "
+    "`ray.serve.llm`'s default initialisation of the same configs.",
     "offline_overhead": "rayalign's stage on Ray Train against the same TRL trainer run "
     "directly (end-to-end and train-loop samples/s), and two workers against one.",
     "learner_efficiency": "The RL learner's update (pi_old pass + forward/backward): training "

@@ -12,6 +12,8 @@ BENCHMARKS = [
     ["bench.rl_step_phases"],
     ["bench.rl_vs_trl"],
     ["bench.serve_load"],
+    ["bench.serve_startup"],
+    ["bench.parallel_stages"],
     ["bench.offline_overhead"],
     ["bench.learner_efficiency"],
 ]
