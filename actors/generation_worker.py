@@ -38,8 +38,8 @@ class GenerationWorker:
         # The engine runs in this actor's process: weight loads need no extra IPC hop,
         # and a 2-core machine runs one process fewer per worker.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from pipelines.model_loading import load_tokenizer
-        from pipelines.vllm_engine import build_llm
+        from rayalign.models.loading import load_tokenizer
+        from rayalign.models.vllm_engine import build_llm
 
         self.name = name
         self.tokenizer = load_tokenizer(model_path)

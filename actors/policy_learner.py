@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from actors.batches import TrainBatch
-from pipelines import rl_math
-from pipelines.logprobs import sequence_logprobs
+from rayalign import rl_math
+from rayalign.models.logprobs import sequence_logprobs
 
 
 @dataclass
@@ -50,7 +50,7 @@ class PolicyLearner:
         seed: int = 0,
         dtype: str = "float32",
     ) -> None:
-        from pipelines.model_loading import load_causal_lm, load_tokenizer
+        from rayalign.models.loading import load_causal_lm, load_tokenizer
 
         torch.manual_seed(seed)
         self.rank, self.world_size = rank, world_size
@@ -102,7 +102,7 @@ class PolicyLearner:
         return out
 
     def _values(self, prompt_ids, completion_ids) -> torch.Tensor:
-        from pipelines.logprobs import gather_completions, pad_sequences
+        from rayalign.models.logprobs import gather_completions, pad_sequences
 
         input_ids, attention, cmask = pad_sequences(prompt_ids, completion_ids, self.pad_id)
         per_position = self.critic(
@@ -168,14 +168,14 @@ class PolicyLearner:
     def _minibatch_step(
         self, mb: TrainBatch, old_logp, weights, opts: UpdateOptions
     ) -> dict[str, float]:
-        from pipelines.logprobs import pad_sequences
+        from rayalign.models.logprobs import pad_sequences
 
         input_ids, attention, cmask = pad_sequences(mb.prompt_ids, mb.completion_ids, self.pad_id)
         logits = self.policy(
             input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
         ).logits
         logits = logits / opts.temperature
-        from pipelines.logprobs import gather_completions, token_logprobs
+        from rayalign.models.logprobs import gather_completions, token_logprobs
 
         lengths = [len(c) for c in mb.completion_ids]
         logp = gather_completions(

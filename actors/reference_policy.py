@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.logprobs import sequence_logprobs
+from rayalign.models.logprobs import sequence_logprobs
 
 
 class ReferencePolicy:
@@ -16,7 +16,7 @@ class ReferencePolicy:
     """
 
     def __init__(self, model_path: str, dtype: str = "float32") -> None:
-        from pipelines.model_loading import load_causal_lm, load_tokenizer
+        from rayalign.models.loading import load_causal_lm, load_tokenizer
 
         self.model = load_causal_lm(model_path, dtype=dtype)
         self.model.requires_grad_(False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.rewards import REWARD_FUNCTIONS
+from rayalign.rewards import REWARD_FUNCTIONS
 
 
 class RewardScorer:
@@ -13,7 +13,7 @@ class RewardScorer:
 
     Args:
         reward_model: path of a reward-model checkpoint (the reward_model stage), or None.
-        functions: verifiable reward functions by name (`pipelines.rewards.REWARD_FUNCTIONS`)
+        functions: verifiable reward functions by name (`rayalign.rewards.REWARD_FUNCTIONS`)
             with their weights, e.g. {"exact_match": 1.0}.
         reward_model_weight: weight of the learned reward in the sum.
     """
@@ -36,7 +36,7 @@ class RewardScorer:
         self.reward_model_weight = reward_model_weight
         self.model = self.tokenizer = None
         if reward_model is not None:
-            from pipelines.reward_model import load_reward_model
+            from rayalign.models.reward import load_reward_model
 
             self.model, self.tokenizer = load_reward_model(reward_model)
 
@@ -52,7 +52,7 @@ class RewardScorer:
             parts[name] = torch.tensor(REWARD_FUNCTIONS[name](completions, ground_truths))
             total += weight * parts[name]
         if self.model is not None:
-            from pipelines.reward_model import score
+            from rayalign.models.reward import score
 
             answers = [[{"role": "assistant", "content": c}] for c in completions]
             parts["reward_model"] = score(self.model, self.tokenizer, prompts, answers)

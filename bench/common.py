@@ -32,7 +32,7 @@ def timed(fn, repeats: int = 3) -> tuple[float, object]:
 
 
 def model_dir(preset: str) -> str:
-    from pipelines.model_factory import init_model
+    from rayalign.models.factory import init_model
 
     path = Path(tempfile.gettempdir()) / "rayalign-bench" / preset
     if not (path / "model.safetensors").exists():
@@ -43,7 +43,7 @@ def model_dir(preset: str) -> str:
 def prompts(n: int) -> list[list[dict]]:
     import random
 
-    from pipelines.tasks import build_task
+    from rayalign.data.tasks import build_task
 
     task, rng = build_task("arithmetic"), random.Random(0)
     return [[{"role": "user", "content": task.sample(rng).question}] for _ in range(n)]

@@ -29,13 +29,13 @@ STAGES = {"sft": "configs/tiny/sft.yaml", "dpo": "configs/tiny/dpo.yaml"}
 def stage_config(
     stage: str, model: str, data: Path, runs: Path, name: str, steps: int, workers: int
 ):
-    from pipelines.config import load_config
-    from pipelines.training import STAGES as DRIVERS
+    from pipelines.stage_registry import load_stage
+    from rayalign.config import load_config
 
     train = data / ("sft_train.jsonl" if stage == "sft" else "preference_train.jsonl")
     cpus = max(1, (os.cpu_count() or 2) // workers)
     return load_config(
-        DRIVERS[stage]().config_cls,
+        load_stage(stage).config_cls,
         ROOT / STAGES[stage],
         [
             f"model.name_or_path={model}",
@@ -62,12 +62,15 @@ def loop_samples_per_s(log_history: list[dict]) -> float:
 
 def bare_trl(stage: str, config) -> dict[str, float]:
     """The TRL trainer rayalign would build, run directly: build, train, save."""
-    from pipelines.training import STAGES as DRIVERS
+    from importlib import import_module
+
+    from pipelines.stage_registry import REGISTRY
     from pipelines.training import trainer_args
 
+    recipe = import_module(REGISTRY[stage].module).TRAINER  # the stage's Ray Train recipe
     out = tempfile.mkdtemp(prefix="rayalign-bench-bare-")
     started = time.perf_counter()
-    trainer = DRIVERS[stage]().build_trainer(config, trainer_args(config, out))
+    trainer = recipe.build_trainer(config, trainer_args(config, out))
     trainer.train()
     trainer.save_model(str(Path(out) / "final"))
     wall = time.perf_counter() - started
@@ -75,11 +78,10 @@ def bare_trl(stage: str, config) -> dict[str, float]:
 
 
 def rayalign_stage(stage: str, config) -> dict[str, float]:
-    from pipelines.training import STAGES as DRIVERS
-    from pipelines.training import run_stage
+    from pipelines.stage_registry import load_stage
 
     started = time.perf_counter()
-    entry = run_stage(DRIVERS[stage](), config)
+    entry = load_stage(stage).run(config)
     wall = time.perf_counter() - started
     state = json.loads((Path(entry.path) / "trainer_state.json").read_text())
     return {"wall_s": wall, "loop_samples_per_s": loop_samples_per_s(state["log_history"])}
@@ -97,8 +99,8 @@ def medians(runs: list[dict[str, float]], samples: int) -> dict[str, float]:
 def main() -> None:
     import ray
 
-    from pipelines.tasks import build_task
-    from pipelines.tasks.splits import write_task_data
+    from rayalign.data.tasks import build_task
+    from rayalign.data.tasks.splits import write_task_data
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="small")

@@ -21,9 +21,9 @@ from bench.common import model_dir, write
 def run_mode(
     path: str, data: Path, storage: Path, steps: int, async_mode: bool
 ) -> dict[str, float]:
-    from pipelines.config import load_config
     from pipelines.ppo import run_rl
-    from pipelines.ppo_config import PPOStageConfig
+    from rayalign.config import load_config
+    from rayalign.rl_config import PPOStageConfig
 
     name = "async" if async_mode else "sync"
     config = load_config(
@@ -55,8 +55,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from pipelines.tasks import build_task
-    from pipelines.tasks.splits import write_task_data
+    from rayalign.data.tasks import build_task
+    from rayalign.data.tasks.splits import write_task_data
 
     tmp = Path(tempfile.mkdtemp(prefix="rayalign-bench-"))
     write_task_data(build_task("arithmetic"), tmp / "data", n_train=400, n_test=10)

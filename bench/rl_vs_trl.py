@@ -31,10 +31,10 @@ DATA_OPTIONS = ["max_operand=19", "ops=+"]
 
 def sft_start(base: str, data: Path, runs: Path, steps: int) -> str:
     """A part-trained SFT checkpoint, so RL has room to raise accuracy."""
-    from pipelines.config import load_config
-    from pipelines.training import STAGES, run_stage
+    from pipelines.stage_registry import load_stage
+    from rayalign.config import load_config
 
-    stage = STAGES["sft"]()
+    stage = load_stage("sft")
     config = load_config(
         stage.config_cls,
         ROOT / "configs/tiny/sft.yaml",
@@ -50,16 +50,16 @@ def sft_start(base: str, data: Path, runs: Path, steps: int) -> str:
             f"training.save_steps={steps}",
         ],
     )
-    return run_stage(stage, config).path
+    return stage.run(config).path
 
 
 def rayalign_grpo(start: str, data: Path, runs: Path, args, async_mode: bool) -> dict:
     import ray
 
-    from pipelines.config import load_config
     from pipelines.ppo import run_rl
-    from pipelines.ppo_config import PPOStageConfig
-    from serving.registry import Registry
+    from rayalign.config import load_config
+    from rayalign.registry import Registry
+    from rayalign.rl_config import PPOStageConfig
 
     name = "rayalign-async" if async_mode else "rayalign-sync"
     config = load_config(
@@ -100,11 +100,11 @@ def trl_grpo(start: str, data: Path, out: Path, args) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from pipelines.config import load_config
-    from pipelines.datasets import load_rows
-    from pipelines.model_loading import load_causal_lm, load_tokenizer
-    from pipelines.ppo_config import PPOStageConfig
-    from pipelines.rewards import exact_match_reward
+    from rayalign.config import load_config
+    from rayalign.data.datasets import load_rows
+    from rayalign.models.loading import load_causal_lm, load_tokenizer
+    from rayalign.rewards import exact_match_reward
+    from rayalign.rl_config import PPOStageConfig
 
     rl = load_config(PPOStageConfig, ROOT / "configs/tiny/grpo.yaml", []).rl
     dataset = Dataset.from_list(load_rows(str(data / "prompts_train.jsonl")))
@@ -189,8 +189,8 @@ def summarise(run: dict, start_accuracy: float, prompts_test: str, target: float
 
 def main() -> None:
     from pipelines.evaluate import evaluate
-    from pipelines.tasks import build_task
-    from pipelines.tasks.splits import write_task_data
+    from rayalign.data.tasks import build_task
+    from rayalign.data.tasks.splits import write_task_data
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)

@@ -16,7 +16,7 @@ from bench.common import model_dir, prompts, timed, write
 
 
 def hf_tokens_per_s(path: str, convs, max_tokens: int) -> float:
-    from pipelines.model_loading import load_causal_lm, load_tokenizer
+    from rayalign.models.loading import load_causal_lm, load_tokenizer
 
     tok, model = load_tokenizer(path), load_causal_lm(path)
 

@@ -88,7 +88,7 @@ def _sweep(url: str, model: str, args, label: str) -> list[dict]:
 
 def vllm_server_runs(path: str, model: str, args) -> list[dict]:
     """The same checkpoint behind `vllm serve` (vLLM's OpenAI server), same load."""
-    from pipelines.cluster import free_port
+    from rayalign.cluster import free_port
 
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
@@ -138,10 +138,10 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from pipelines.cluster import free_port
+    from rayalign.cluster import free_port
+    from rayalign.registry import Registry, RegistryEntry
     from serving.config import ServingConfig
     from serving.deploy import RegistryWatch, start_endpoint
-    from serving.registry import Registry, RegistryEntry
 
     registry = args.registry
     if registry is None:

@@ -27,7 +27,7 @@ def memcpy_bandwidth(nbytes: int) -> float:
 def sync_seconds(path: str) -> tuple[float, int]:
     from actors.generation_worker import remote_generation_worker
     from actors.weight_sync import export_weights
-    from pipelines.model_loading import load_causal_lm
+    from rayalign.models.loading import load_causal_lm
 
     weights = export_weights(load_causal_lm(path))
     nbytes = sum(t.numel() * t.element_size() for t in weights.values())

@@ -7,22 +7,22 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.config import ConfigError
-from pipelines.data_io import DataError
-from pipelines.pipeline_config import TRAIN_STAGES
+from pipelines.stage_registry import STAGE_NAMES, load_stage
+from rayalign.config import ConfigError
+from rayalign.data.io import DataError
 
 
 def _cmd_init_model(args: argparse.Namespace) -> None:
-    from pipelines.model_factory import init_model
+    from rayalign.models.factory import init_model
 
     out = init_model(args.preset, args.out, seed=args.seed)
     print(f"wrote {args.preset} model to {out}")
 
 
 def _cmd_data_make(args: argparse.Namespace) -> None:
-    from pipelines.config import parse_override
-    from pipelines.tasks import build_task
-    from pipelines.tasks.splits import write_task_data
+    from rayalign.config import parse_override
+    from rayalign.data.tasks import build_task
+    from rayalign.data.tasks.splits import write_task_data
 
     options = {}
     for text in args.option:
@@ -59,29 +59,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from pipelines.config import load_config
-    from pipelines.training import STAGES, run_stage
+    from rayalign.config import load_config
 
-    if args.stage == "ppo":
-        from pipelines.ppo import run_rl
-        from pipelines.ppo_config import PPOStageConfig
-
-        entry = run_rl(load_config(PPOStageConfig, args.config, args.overrides))
-    elif args.stage == "rlaif":
-        from pipelines.rlaif import run_rlaif
-        from pipelines.safety_config import RLAIFStageConfig
-
-        entry = run_rlaif(load_config(RLAIFStageConfig, args.config, args.overrides))
-    elif args.stage == "constitutional":
-        from pipelines.constitutional import run_constitutional
-        from pipelines.safety_config import ConstitutionalStageConfig
-
-        entry = run_constitutional(
-            load_config(ConstitutionalStageConfig, args.config, args.overrides)
-        )
-    else:
-        stage = STAGES[args.stage]()
-        entry = run_stage(stage, load_config(stage.config_cls, args.config, args.overrides))
+    stage = load_stage(args.stage)
+    entry = stage.run(load_config(stage.config_cls, args.config, args.overrides))
     print(
         json.dumps(
             {
@@ -110,7 +91,7 @@ def _cmd_scale(args: argparse.Namespace) -> None:
 def _serving_config(args: argparse.Namespace):
     import os
 
-    from pipelines.config import load_config
+    from rayalign.config import load_config
     from serving.config import API_KEY_ENV, ServingConfig
 
     overrides = []
@@ -145,9 +126,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         return
     if not args.name:
         raise ValueError(f"rayalign serve {args.action} needs the model NAME")
+    from rayalign.registry import Registry
     from serving.deploy import publish, remove
     from serving.endpoint import connect
-    from serving.registry import Registry
 
     connect(args.address, 1, config)
     if args.action == "publish":
@@ -163,9 +144,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> None:
-    from pipelines.config import load_config
     from pipelines.pipeline import run_pipeline, status_table
     from pipelines.pipeline_config import PipelineConfig
+    from rayalign.config import load_config
 
     included = [f"include={json.dumps(args.with_stages.split(','))}"] if args.with_stages else []
     config = load_config(PipelineConfig, args.config, args.overrides + included)
@@ -248,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("train", help="run a training stage as a Ray Train job")
-    p.add_argument("stage", choices=list(TRAIN_STAGES))
+    p.add_argument("stage", choices=list(STAGE_NAMES))
     p.add_argument("--config", required=True, help="stage YAML config")
     p.add_argument(
         "overrides",
@@ -351,7 +332,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rayalign: error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

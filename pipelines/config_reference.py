@@ -15,24 +15,15 @@ from pydantic_core import PydanticUndefined
 
 def _models() -> list[tuple[str, str, type[BaseModel]]]:
     from pipelines.pipeline_config import PipelineConfig
-    from pipelines.ppo_config import PPOStageConfig
-    from pipelines.safety_config import ConstitutionalStageConfig, RLAIFStageConfig
-    from pipelines.training import STAGES
+    from pipelines.stage_registry import REGISTRY
     from serving.config import ServingConfig
 
     stages = [
-        (f"{name}", f"`rayalign train {name}` / `python -m pipelines.{name}`", STAGES[name]())
-        for name in ("sft", "reward_model", "dpo", "kto")
+        (name, f"`rayalign train {name}` ({entry.summary})", entry.load().config_cls)
+        for name, entry in REGISTRY.items()
     ]
     return [
-        *((title, how, stage.config_cls) for title, how, stage in stages),
-        ("ppo", "`rayalign train ppo` (PPO, GRPO, RLOO)", PPOStageConfig),
-        (
-            "constitutional",
-            "`rayalign train constitutional` (critique and revise)",
-            ConstitutionalStageConfig,
-        ),
-        ("rlaif", "`rayalign train rlaif` (AI-labelled preference pairs)", RLAIFStageConfig),
+        *stages,
         ("pipeline", "`rayalign pipeline run --config`", PipelineConfig),
         ("serve", "`rayalign serve --config`", ServingConfig),
     ]

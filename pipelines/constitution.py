@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipelines.config import ConfigError, Strict, read_yaml
 from pipelines.principle_checks import CHECKS
+from rayalign.config import ConfigError, Strict, read_yaml
 
 DEFAULT_LABEL_TEMPLATE = (
     "{instructions}\n\nPrinciples:\n{principles}\n\nConversation:\n{prompt}\n\n"

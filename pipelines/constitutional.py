@@ -6,8 +6,7 @@
     chain as provenance -> train the `then` stages on them
 
 The critic is any OpenAI-compatible endpoint (our own `rayalign serve`, an external one)
-or a local checkpoint. Run as `rayalign train constitutional --config FILE` or
-`python -m pipelines.constitutional`.
+or a local checkpoint. Run as `rayalign train constitutional --config FILE`.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from pipelines.safety_stage import (
     sample_policy,
     write_split,
 )
+from pipelines.stage_registry import StageDefinition
 
 
 @dataclass
@@ -165,7 +165,4 @@ def run_constitutional(config: ConstitutionalStageConfig):
     return run_safety_stage(config, "constitutional", generate, "sft")
 
 
-if __name__ == "__main__":
-    from pipelines.training import stage_main
-
-    raise SystemExit(stage_main("constitutional"))
+STAGE = StageDefinition("constitutional", ConstitutionalStageConfig, run_constitutional)

@@ -14,8 +14,8 @@ import json
 import logging
 from pathlib import Path
 
-from pipelines.config import load_config
 from pipelines.pipeline_config import PipelineConfig
+from rayalign.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "configs" / "tiny" / "pipeline.yaml"
@@ -40,7 +40,7 @@ def _jsonl(path: Path) -> list[dict]:
 def summarize(storage: Path, state: dict) -> list[dict]:
     """One row per stage: held-out accuracy, held-out reward (RL), reward-model pairwise
     accuracy, wall time."""
-    from serving.registry import Registry
+    from rayalign.registry import Registry
 
     entries = Registry(storage).entries()
     rows = []
@@ -147,15 +147,20 @@ class StagePublisher:
         self.reported: set[str] = set()
 
     def poll(self) -> None:
+        from pipelines.pipeline import StageStatus
+        from rayalign.registry import Registry
         from serving.deploy import deploy_failures
-        from serving.registry import Registry
 
         for name, message in deploy_failures().items():  # say at once when one cannot start
             if name not in self.reported:
                 self.reported.add(name)
                 print(f"[serve] {name} failed to deploy: {message}", flush=True)
         base = self.runner.state.stages.get("base")
-        if base and base.status == "succeeded" and Registry(self.storage).get("base") is None:
+        if (
+            base
+            and base.status == StageStatus.SUCCEEDED
+            and Registry(self.storage).get("base") is None
+        ):
             register_base(self.storage, measure=False)  # its accuracy comes after the pipeline
         added, _ = self.watch.sync(wait=False)
         if added:
@@ -168,7 +173,7 @@ class StagePublisher:
 def register_base(storage: Path, measure: bool = True) -> None:
     """Register the random base model as 'base' (with its held-out accuracy if `measure`)."""
     from pipelines.evaluate import evaluate
-    from serving.registry import Registry, RegistryEntry
+    from rayalign.registry import Registry, RegistryEntry
 
     base = str(storage / "base")
     metrics = {}
@@ -187,8 +192,8 @@ def run_demo(
 ) -> list[dict]:
     """Run the pipeline's unfinished stages (and the optional ones in `include`), serving
     each stage as it finishes; compare every stage, then serve them all until Ctrl-C."""
-    from pipelines.cluster import local_head_node
     from pipelines.pipeline import PipelineRunner, status_table
+    from rayalign.cluster import local_head_node
     from serving.config import ServingConfig
     from serving.deploy import RegistryWatch, start_endpoint
     from serving.endpoint import connect, serve_until_interrupted, shutdown

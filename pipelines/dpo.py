@@ -10,10 +10,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pipelines.config import Strict
-from pipelines.datasets import load_rows, validate_rows
 from pipelines.measure import measure_chat
 from pipelines.training import Stage, StageConfig, load_policy, trainer_datasets
+from rayalign.config import Strict
+from rayalign.data.datasets import load_rows, validate_rows
 
 
 class DPOOptions(Strict):
@@ -51,7 +51,7 @@ def validate_data(config: DPOStageConfig) -> None:
 def build_trainer(config: DPOStageConfig, args: dict[str, Any]):
     from trl import DPOConfig, DPOTrainer
 
-    from pipelines.model_loading import load_causal_lm
+    from rayalign.models.loading import load_causal_lm
 
     model, tokenizer = load_policy(config)
     ref = (
@@ -82,11 +82,5 @@ def measure(config: DPOStageConfig, checkpoint: str) -> dict[str, float]:
     return measure_chat(config.data, checkpoint)
 
 
-def stage() -> Stage:
-    return Stage("dpo", "chat", DPOStageConfig, validate_data, build_trainer, measure)
-
-
-if __name__ == "__main__":
-    from pipelines.training import stage_main
-
-    raise SystemExit(stage_main("dpo"))
+TRAINER = Stage("dpo", "chat", DPOStageConfig, validate_data, build_trainer, measure)
+STAGE = TRAINER.definition()

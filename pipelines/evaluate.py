@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from pipelines.data_io import DataError, read_jsonl
-from pipelines.model_loading import load_causal_lm, load_tokenizer
-from pipelines.rewards import exact_match_reward
+from rayalign.data.io import DataError, read_jsonl
+from rayalign.models.loading import load_causal_lm, load_tokenizer
+from rayalign.rewards import exact_match_reward
 
 
 @dataclass
@@ -77,7 +77,7 @@ def generate_vllm(
     """Greedy completions with vLLM (call under a __main__ guard or inside an actor)."""
     from vllm import SamplingParams
 
-    from pipelines.vllm_engine import build_llm
+    from rayalign.models.vllm_engine import build_llm
 
     llm = build_llm(model_path)
     outputs = llm.chat(conversations, SamplingParams(temperature=0.0, max_tokens=max_new_tokens))

@@ -10,10 +10,10 @@ from typing import Any
 
 from pydantic import Field
 
-from pipelines.config import Strict
-from pipelines.datasets import load_rows, validate_rows
 from pipelines.measure import measure_chat
 from pipelines.training import Stage, StageConfig, load_policy, trainer_datasets
+from rayalign.config import Strict
+from rayalign.data.datasets import load_rows, validate_rows
 
 
 class KTOOptions(Strict):
@@ -61,11 +61,5 @@ def measure(config: KTOStageConfig, checkpoint: str) -> dict[str, float]:
     return measure_chat(config.data, checkpoint)
 
 
-def stage() -> Stage:
-    return Stage("kto", "chat", KTOStageConfig, validate_data, build_trainer, measure)
-
-
-if __name__ == "__main__":
-    from pipelines.training import stage_main
-
-    raise SystemExit(stage_main("kto"))
+TRAINER = Stage("kto", "chat", KTOStageConfig, validate_data, build_trainer, measure)
+STAGE = TRAINER.definition()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pipelines.config import DataConfig
+from rayalign.config import DataConfig
 
 
 def preference_margin(checkpoint: str, preference_path: str) -> dict[str, float]:
     """Mean held-out log-prob margin log p(chosen) - log p(rejected), and how often it is > 0."""
-    from pipelines.data_io import read_jsonl
-    from pipelines.logprobs import completion_logprobs
-    from pipelines.model_loading import load_causal_lm, load_tokenizer
+    from rayalign.data.io import read_jsonl
+    from rayalign.models.loading import load_causal_lm, load_tokenizer
+    from rayalign.models.logprobs import completion_logprobs
 
     rows = read_jsonl(preference_path)
     model, tok = load_causal_lm(checkpoint), load_tokenizer(checkpoint)

@@ -19,20 +19,34 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from ray.job_submission import JobStatus
+
 from pipelines.pipeline_config import PipelineConfig, StageSpec, substitute
+from rayalign.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class StageStatus(StrEnum):
+    """Where a pipeline stage is (stored by value in the pipeline state file)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    BLOCKED = "blocked"  # an ancestor failed
+    INTERRUPTED = "interrupted"  # stopped by Ctrl-C; the next run resumes it
 
 
 @dataclass
 class StageState:
     """What the runner knows of one stage."""
 
-    status: str = "pending"  # pending | running | succeeded | failed | blocked | interrupted
+    status: StageStatus = StageStatus.PENDING
     job_id: str | None = None
     attempts: int = 0
     started: float | None = None
@@ -52,7 +66,12 @@ class PipelineState:
         if not path.exists():
             return cls()
         raw = json.loads(path.read_text())
-        return cls({k: StageState(**v) for k, v in raw["stages"].items()})
+        return cls(
+            {
+                k: StageState(**{**v, "status": StageStatus(v["status"])})
+                for k, v in raw["stages"].items()
+            }
+        )
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,13 +86,19 @@ def state_path(config: PipelineConfig) -> Path:
     return Path(config.storage_path) / f"pipeline-{config.name}.json"
 
 
-def _registered(logs: str) -> dict[str, Any] | None:
-    """The stage driver's last `{"registered": ...}` line, if it printed one."""
-    for line in reversed(logs.splitlines()):
-        line = line.strip()
-        if line.startswith('{"registered"'):
-            return json.loads(line)
-    return None
+def registered_checkpoint(storage_path: str, name: str) -> dict[str, Any] | None:
+    """What stage `name` registered in the pipeline's registry: {"registered", "path",
+    "step", "metrics"}, or None for a stage that registers no checkpoint (a `rayalign`
+    command, a safety stage that only writes data)."""
+    entry = Registry(storage_path).get(name)
+    if entry is None:
+        return None
+    return {
+        "registered": entry.name,
+        "path": entry.path,
+        "step": entry.step,
+        "metrics": entry.metrics,
+    }
 
 
 def stage_entrypoint(spec: StageSpec, values: dict[str, str], storage: str, local: bool) -> str:
@@ -86,7 +111,9 @@ def stage_entrypoint(spec: StageSpec, values: dict[str, str], storage: str, loca
     if spec.stage:
         args = [
             "-m",
-            f"pipelines.{spec.stage}",
+            "pipelines",
+            "train",
+            spec.stage,
             "--config",
             spec.config,
             *(substitute(o, values) for o in spec.overrides),
@@ -96,7 +123,7 @@ def stage_entrypoint(spec: StageSpec, values: dict[str, str], storage: str, loca
         if spec.stage != "ppo":  # the RL stage registers under its run name
             args.append(f"register_as={spec.name}")
     else:
-        args = ["-m", "pipelines.cli", *(substitute(a, values) for a in spec.rayalign)]
+        args = ["-m", "pipelines", *(substitute(a, values) for a in spec.rayalign)]
     command = shlex.join([python, *args])
     return f"cd {shlex.quote(str(REPO))} && {command}" if local else command
 
@@ -167,7 +194,7 @@ class PipelineRunner:
                 if "No available agent" not in str(err) or time.monotonic() > deadline:
                     raise
                 time.sleep(2)
-        st.status, st.started, st.message = "running", time.time(), ""
+        st.status, st.started, st.message = StageStatus.RUNNING, time.time(), ""
         st.attempts += 1
         self._printed[spec.name] = 0
         print(f"[pipeline] {spec.name}: submitted job {st.job_id}", flush=True)
@@ -182,20 +209,21 @@ class PipelineRunner:
         self._printed[name] = len(logs)
         return logs
 
-    def _finish(self, spec: StageSpec, status: str) -> None:
+    def _finish(self, spec: StageSpec, status: JobStatus) -> None:
         st = self.state.stages[spec.name]
-        logs = self._stream(spec.name, st.job_id)
+        self._stream(spec.name, st.job_id)
         st.finished = time.time()
-        if status == "SUCCEEDED":
-            st.status, st.checkpoint = "succeeded", _registered(logs)
+        if status == JobStatus.SUCCEEDED:
+            st.status = StageStatus.SUCCEEDED
+            st.checkpoint = registered_checkpoint(self.config.storage_path, spec.name)
             took = st.finished - (st.started or st.finished)
             print(f"[pipeline] {spec.name}: succeeded in {took:.0f}s", flush=True)
             return
-        st.status = "failed"
-        st.message = f"job {st.job_id} {status.lower()}"
+        st.status = StageStatus.FAILED
+        st.message = f"job {st.job_id} {status.value.lower()}"
         print(f"[pipeline] {spec.name}: FAILED ({st.message}); see the log above", flush=True)
         for child in self.config.children(spec.name):
-            self.state.stages[child].status = "blocked"
+            self.state.stages[child].status = StageStatus.BLOCKED
             self.state.stages[child].message = f"not run: {spec.name} failed"
             print(f"[pipeline] {child}: not run, because {spec.name} failed", flush=True)
 
@@ -204,28 +232,41 @@ class PipelineRunner:
         each look at the jobs (the demo publishes finished stages from it)."""
         for s in self.stages:
             st = self.state.stages[s.name]
-            if st.status == "succeeded":
+            if st.status == StageStatus.SUCCEEDED:
                 print(f"[pipeline] {s.name}: done earlier, skipped", flush=True)
-            elif st.status != "pending":
-                st.status, st.message = "pending", ""  # failed, blocked or interrupted: again
+            elif st.status != StageStatus.PENDING:
+                st.status, st.message = (
+                    StageStatus.PENDING,
+                    "",
+                )  # failed, blocked or interrupted: again
         self.state.save(self.path)
         restore = _interrupt_on_signals()
         try:
             while True:
-                running = [s for s in self.stages if self.state.stages[s.name].status == "running"]
+                running = [
+                    s
+                    for s in self.stages
+                    if self.state.stages[s.name].status == StageStatus.RUNNING
+                ]
                 for s in running:
-                    status = str(self.client.get_job_status(self.state.stages[s.name].job_id))
-                    status = status.split(".")[-1]
-                    if status in TERMINAL:
+                    status = self.client.get_job_status(self.state.stages[s.name].job_id)
+                    if status.is_terminal():
                         self._finish(s, status)
                     else:
                         self._stream(s.name, self.state.stages[s.name].job_id)
-                running = [s for s in self.stages if self.state.stages[s.name].status == "running"]
-                done = {n for n, st in self.state.stages.items() if st.status == "succeeded"}
+                running = [
+                    s
+                    for s in self.stages
+                    if self.state.stages[s.name].status == StageStatus.RUNNING
+                ]
+                done = {
+                    n for n, st in self.state.stages.items() if st.status == StageStatus.SUCCEEDED
+                }
                 ready = [
                     s
                     for s in self.stages
-                    if self.state.stages[s.name].status == "pending" and set(s.after) <= done
+                    if self.state.stages[s.name].status == StageStatus.PENDING
+                    and set(s.after) <= done
                 ]
                 for s in ready[: max(0, self.config.max_parallel - len(running))]:
                     self._submit(s)
@@ -241,14 +282,14 @@ class PipelineRunner:
         finally:
             restore()
             self.state.save(self.path)
-        return all(st.status == "succeeded" for st in self.state.stages.values())
+        return all(st.status == StageStatus.SUCCEEDED for st in self.state.stages.values())
 
     def _stop_running(self) -> None:
         for name, st in self.state.stages.items():
-            if st.status == "running" and st.job_id:
+            if st.status == StageStatus.RUNNING and st.job_id:
                 print(f"[pipeline] {name}: stopping job {st.job_id}", flush=True)
                 self.client.stop_job(st.job_id)
-                st.status, st.message = "interrupted", "stopped by Ctrl-C"
+                st.status, st.message = StageStatus.INTERRUPTED, "stopped by Ctrl-C"
 
 
 def status_table(config: PipelineConfig) -> str:
@@ -271,7 +312,7 @@ def status_table(config: PipelineConfig) -> str:
 def run_pipeline(config: PipelineConfig, address: str | None = None) -> bool:
     """Run `config` on the cluster at `address`, or on a local cluster started (and shut
     down) for it. Returns whether every stage succeeded."""
-    from pipelines.cluster import local_head_node
+    from rayalign.cluster import local_head_node
 
     if address is not None:
         ok = PipelineRunner(config, address, local=False).run()

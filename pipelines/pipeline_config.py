@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.config import Strict
+from pipelines.stage_registry import STAGE_NAMES
+from rayalign.config import Strict
 
-TrainStage = Literal["sft", "reward_model", "dpo", "kto", "ppo", "constitutional", "rlaif"]
-TRAIN_STAGES: tuple[str, ...] = get_args(TrainStage)
+TrainStage = Literal[STAGE_NAMES]  # the stage registry's names
 _REF = re.compile(r"\$\{([A-Za-z0-9._-]+)\}")
 
 
@@ -22,7 +22,7 @@ class StageSpec(Strict):
         description="Unique name: the stage's run name and its registry name.",
     )
     stage: TrainStage | None = Field(
-        None, description="Training stage to run (python -m pipelines.<stage>)."
+        None, description="Training stage to run (its job: python -m pipelines train <stage>)."
     )
     config: str | None = Field(None, description="The training stage's YAML config.")
     overrides: list[str] = Field(

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from actors.batches import PromptRequest, SamplingOptions
 from actors.rollout_pool import RolloutPool
-from pipelines.ppo_config import RolloutConfig
+from rayalign.rl_config import RolloutConfig
 
 
 def build_pool(

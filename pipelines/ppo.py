@@ -6,7 +6,7 @@ One step reads like the algorithm:
 
 The driver only moves data between actors (actors/): an elastic vLLM RolloutPool,
 RewardScorers, a frozen ReferencePolicy and data-parallel PolicyLearners. Run as
-`rayalign train ppo --config FILE` or `python -m pipelines.ppo --config FILE`.
+`rayalign train ppo --config FILE`.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from actors.reference_policy import ReferencePolicy
 from actors.reward_scorer import RewardScorer
 from actors.rollout_pool import RolloutPool
 from actors.run_controller import start_controller
-from pipelines import rl_math
-from pipelines.cluster import init_ray
 from pipelines.evaluate import read_prompts
-from pipelines.ppo_config import PPOStageConfig
-from pipelines.rewards import exact_match_reward
-from serving.registry import Registry, RegistryEntry
+from pipelines.stage_registry import StageDefinition
+from rayalign import rl_math
+from rayalign.cluster import init_ray
+from rayalign.registry import Registry, RegistryEntry
+from rayalign.rewards import exact_match_reward
+from rayalign.rl_config import PPOStageConfig
 
 
 class LogprobMismatchError(RuntimeError):
@@ -452,7 +453,4 @@ def run_rl(config: PPOStageConfig) -> RegistryEntry:
         run.shutdown()
 
 
-if __name__ == "__main__":
-    from pipelines.training import stage_main
-
-    raise SystemExit(stage_main("ppo"))
+STAGE = StageDefinition("ppo", PPOStageConfig, run_rl)

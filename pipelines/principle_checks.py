@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from pipelines.rewards import normalize_answer
+from rayalign.rewards import normalize_answer
 
 Check = Callable[[str, str], bool]  # (user prompt, answer) -> follows the principle
 

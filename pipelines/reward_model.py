@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from pipelines.config import Strict
-from pipelines.datasets import load_rows, validate_rows
 from pipelines.training import Stage, StageConfig, trainer_datasets
+from rayalign.config import Strict
+from rayalign.data.datasets import load_rows, validate_rows
+from rayalign.models.reward import load_reward_model, score
 
 
 class RewardOptions(Strict):
@@ -32,40 +33,6 @@ class RewardModelStageConfig(StageConfig):
 def validate_data(config: RewardModelStageConfig) -> None:
     for source in filter(None, [config.data.train, config.data.eval]):
         validate_rows(load_rows(source), "preference", source)
-
-
-def load_reward_model(path: str, dtype: torch.dtype = torch.float32):
-    """A sequence-classification model with one output (the reward) and its pad token set."""
-    from transformers import AutoModelForSequenceClassification
-
-    from pipelines.model_loading import load_tokenizer
-
-    tokenizer = load_tokenizer(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
-
-
-@torch.no_grad()
-def score(
-    model, tokenizer, prompts: list[list[dict]], completions: list[list[dict]], batch_size: int = 32
-) -> torch.Tensor:
-    """Reward of each (prompt, completion) conversation. Returns [N] float32."""
-    model.eval()
-    texts = [
-        tokenizer.apply_chat_template(p + c, tokenize=False)
-        for p, c in zip(prompts, completions, strict=True)
-    ]
-    out = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(
-            texts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-        )
-        out.append(model(**enc.to(model.device)).logits[:, 0].float().cpu())
-    return torch.cat(out)
 
 
 def build_trainer(config: RewardModelStageConfig, args: dict[str, Any]):
@@ -102,13 +69,7 @@ def measure(config: RewardModelStageConfig, checkpoint: str) -> dict[str, float]
     return pairwise_accuracy(checkpoint, source) if source else {}
 
 
-def stage() -> Stage:
-    return Stage(
-        "reward_model", "reward", RewardModelStageConfig, validate_data, build_trainer, measure
-    )
-
-
-if __name__ == "__main__":
-    from pipelines.training import stage_main
-
-    raise SystemExit(stage_main("reward_model"))
+TRAINER = Stage(
+    "reward_model", "reward", RewardModelStageConfig, validate_data, build_trainer, measure
+)
+STAGE = TRAINER.definition()

@@ -4,7 +4,7 @@
     both orders (programmatic or model labeller) -> keep consistent verdicts -> write the
     preference split with provenance -> train the `then` stages on it
 
-Run as `rayalign train rlaif --config FILE [key=value ...]` or `python -m pipelines.rlaif`.
+Run as `rayalign train rlaif --config FILE [key=value ...]`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pipelines.safety_stage import (
     sample_policy,
     write_split,
 )
+from pipelines.stage_registry import StageDefinition
 
 
 def build_labeller(config: RLAIFStageConfig, constitution: Constitution) -> Labeller:
@@ -115,7 +116,4 @@ def run_rlaif(config: RLAIFStageConfig):
     return run_safety_stage(config, "rlaif", generate, "preference", validate)
 
 
-if __name__ == "__main__":
-    from pipelines.training import stage_main
-
-    raise SystemExit(stage_main("rlaif"))
+STAGE = StageDefinition("rlaif", RLAIFStageConfig, run_rlaif)

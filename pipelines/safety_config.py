@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.config import ModelConfig, RunConfig, Strict
-from pipelines.ppo_config import RolloutConfig
+from rayalign.config import ModelConfig, RunConfig, Strict
+from rayalign.rl_config import RolloutConfig
 
 
 class PromptData(Strict):

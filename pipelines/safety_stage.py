@@ -15,10 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipelines.cluster import init_ray
-from pipelines.config import load_config, resolve_local
 from pipelines.constitution import Constitution, load_constitution
-from pipelines.datasets import load_rows, validate_rows
 from pipelines.principle_checks import get_check, violation_rate
 from pipelines.safety_config import (
     ChatModelSpec,
@@ -26,7 +23,10 @@ from pipelines.safety_config import (
     RLAIFStageConfig,
     SafetyStageConfig,
 )
-from serving.registry import DatasetEntry, Registry, RegistryEntry
+from rayalign.cluster import init_ray
+from rayalign.config import load_config, resolve_local
+from rayalign.data.datasets import load_rows, validate_rows
+from rayalign.registry import DatasetEntry, Registry, RegistryEntry
 
 SPLIT_FORMATS = {"sft": "language_modeling", "preference": "preference"}
 FOLLOW_UP_SPLIT = {"sft": "sft", "dpo": "preference", "reward_model": "preference"}
@@ -187,7 +187,7 @@ def run_follow_ups(config: SafetyStageConfig, splits: dict[str, Path]) -> Regist
     previous one's checkpoint (the first from the policy); the last registers as
     `config.register_as` (default: the run name).
     """
-    from pipelines.training import STAGES, run_stage
+    from pipelines.stage_registry import load_stage
 
     entry = None
     for i, follow in enumerate(config.then):
@@ -199,7 +199,7 @@ def run_follow_ups(config: SafetyStageConfig, splits: dict[str, Path]) -> Regist
             )
         last = i == len(config.then) - 1
         name = f"{config.run.name}-{follow.stage}"
-        stage = STAGES[follow.stage]()
+        stage = load_stage(follow.stage)
         stage_config = load_config(
             stage.config_cls,
             follow.config,
@@ -213,7 +213,7 @@ def run_follow_ups(config: SafetyStageConfig, splits: dict[str, Path]) -> Regist
             ],
         )
         print(f"[{config.run.name}] training {follow.stage} on {splits[split]}", flush=True)
-        entry = run_stage(stage, stage_config)
+        entry = stage.run(stage_config)
     return entry
 
 

@@ -3,7 +3,6 @@
 Data: conversational `messages` (loss on assistant turns only, by default),
 prompt/completion rows (loss on the completion only, by default), or raw text in a
 `text_field` for continued pretraining. Run as `rayalign train sft --config FILE`
-or `python -m pipelines.sft --config FILE` (a Ray job entrypoint).
 """
 
 from __future__ import annotations
@@ -12,10 +11,10 @@ from typing import Any
 
 from pydantic import Field
 
-from pipelines.config import Strict
-from pipelines.datasets import detect_sft_format, load_rows, validate_rows
 from pipelines.measure import measure_chat
 from pipelines.training import Stage, StageConfig, load_policy, trainer_datasets
+from rayalign.config import Strict
+from rayalign.data.datasets import detect_sft_format, load_rows, validate_rows
 
 
 class SFTOptions(Strict):
@@ -66,11 +65,5 @@ def measure(config: SFTStageConfig, checkpoint: str) -> dict[str, float]:
     return measure_chat(config.data, checkpoint)
 
 
-def stage() -> Stage:
-    return Stage("sft", "chat", SFTStageConfig, validate_data, build_trainer, measure)
-
-
-if __name__ == "__main__":
-    from pipelines.training import stage_main
-
-    raise SystemExit(stage_main("sft"))
+TRAINER = Stage("sft", "chat", SFTStageConfig, validate_data, build_trainer, measure)
+STAGE = TRAINER.definition()

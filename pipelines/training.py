@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +25,9 @@ from pydantic import Field, model_validator
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from pipelines.cluster import init_ray
-from pipelines.config import (
+from pipelines.stage_registry import StageDefinition
+from rayalign.cluster import init_ray
+from rayalign.config import (
     DataConfig,
     ModelConfig,
     ResourcesConfig,
@@ -33,7 +35,7 @@ from pipelines.config import (
     Strict,
     resolve_local,
 )
-from serving.registry import Registry, RegistryEntry
+from rayalign.registry import Registry, RegistryEntry
 
 FINAL_DIR = "final"
 
@@ -110,7 +112,7 @@ class StageConfig(Strict):
 
 @dataclass(frozen=True)
 class Stage:
-    """What a stage driver provides to `run_stage`."""
+    """What an offline stage module provides to `run_stage` (its Ray Train recipe)."""
 
     name: str
     kind: Literal["chat", "reward"]
@@ -118,6 +120,10 @@ class Stage:
     validate_data: Callable[[Any], None]
     build_trainer: Callable[[Any, dict[str, Any]], Trainer]
     measure: Callable[[Any, str], dict[str, float]]
+
+    def definition(self) -> StageDefinition:
+        """The stage as the stage registry runs it: `run_stage` with this recipe."""
+        return StageDefinition(self.name, self.config_cls, partial(run_stage, self))
 
 
 def trainer_args(config: StageConfig, output_dir: str) -> dict[str, Any]:
@@ -152,7 +158,7 @@ def trainer_args(config: StageConfig, output_dir: str) -> dict[str, Any]:
 
 def load_policy(config: StageConfig):
     """The starting causal LM (in train mode) and its tokenizer, as the config names them."""
-    from pipelines.model_loading import load_causal_lm, load_tokenizer
+    from rayalign.models.loading import load_causal_lm, load_tokenizer
 
     m = config.model
     tokenizer = load_tokenizer(
@@ -168,7 +174,7 @@ def trainer_datasets(config: StageConfig) -> dict[str, Any]:
     """`train_dataset` / `eval_dataset` keyword arguments for a TRL trainer."""
     from datasets import Dataset
 
-    from pipelines.datasets import load_rows
+    from rayalign.data.datasets import load_rows
 
     evaluation = Dataset.from_list(load_rows(config.data.eval)) if config.data.eval else None
     return {
@@ -228,7 +234,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     """Runs on each Ray Train worker: build the TRL trainer, train (or resume), export."""
     import ray.train
 
-    stage = STAGES[cfg["stage"]]()
+    stage: Stage = cfg["stage"]
     config = stage.config_cls.model_validate(cfg["config"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -259,26 +265,6 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         checkpoint_dir_name=FINAL_DIR,
     )
     shutil.rmtree(output_dir, ignore_errors=True)
-
-
-def _import_stages() -> dict[str, Callable[[], Stage]]:
-    from pipelines import dpo, kto, reward_model, sft
-
-    return {
-        "sft": sft.stage,
-        "reward_model": reward_model.stage,
-        "dpo": dpo.stage,
-        "kto": kto.stage,
-    }
-
-
-class _LazyStages(dict):
-    def __missing__(self, key: str):
-        self.update(_import_stages())
-        return dict.__getitem__(self, key)
-
-
-STAGES: dict[str, Callable[[], Stage]] = _LazyStages()
 
 
 def absolute_local_paths(config: StageConfig) -> StageConfig:
@@ -324,7 +310,8 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
         resources["GPU"] = 1
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"stage": stage.name, "config": config.model_dump(mode="json")},
+        # The Stage's functions travel by reference: the worker imports the stage module.
+        train_loop_config={"stage": stage, "config": config.model_dump(mode="json")},
         torch_config=TorchConfig(backend="nccl" if config.resources.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=config.resources.num_workers,
@@ -380,12 +367,3 @@ def _final_checkpoint_path(result) -> str:
     if ckpt is None or Path(ckpt.path).name != FINAL_DIR:
         raise RuntimeError(f"training finished without a final checkpoint (latest: {ckpt})")
     return ckpt.path
-
-
-def stage_main(stage_name: str, argv: list[str] | None = None) -> int:
-    """Entry point of `python -m pipelines.<stage> --config FILE [key=value ...]` (a Ray job)."""
-    import sys
-
-    from pipelines.cli import main
-
-    return main(["train", stage_name, *(sys.argv[1:] if argv is None else argv)])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from pipelines.config import Strict
+from rayalign.config import Strict
 
 API_KEY_ENV = "RAYALIGN_API_KEY"
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from ray import serve
 
+from rayalign.registry import Registry, RegistryEntry
 from serving.config import API_KEY_ENV, ServingConfig
 from serving.ingress import ingress_app
 from serving.model_apps import app_name, entry_app, parse_app_name
-from serving.registry import Registry, RegistryEntry
 
 INGRESS_APP = "rayalign-ingress"
 

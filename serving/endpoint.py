@@ -9,7 +9,7 @@ from collections.abc import Callable
 import ray
 from ray import serve
 
-from pipelines.cluster import init_ray
+from rayalign.cluster import init_ray
 from serving.config import ServingConfig
 from serving.deploy import (
     INGRESS_APP,

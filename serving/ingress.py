@@ -38,9 +38,9 @@ from ray.llm._internal.serve.core.ingress.ingress import (
 )
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from rayalign.registry import Kind, Registry
 from serving.config import ReplicaOptions
 from serving.model_apps import app_name, parse_app_name
-from serving.registry import Kind, Registry
 
 # Settings of this replica's ingress, read by the ASGI middlewares below (one ingress
 # object per replica process).

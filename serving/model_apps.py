@@ -17,8 +17,8 @@ from typing import Any
 from ray import serve
 from ray.serve.deployment import Application
 
+from rayalign.registry import Kind, RegistryEntry
 from serving.config import ChatModelOptions, RewardModelOptions
-from serving.registry import Kind, RegistryEntry
 
 APP_PREFIX = "rayalign-"
 

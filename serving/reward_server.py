@@ -17,7 +17,7 @@ class RewardModelServer:
     def __init__(self, path: str, max_batch_size: int = 32, batch_wait_s: float = 0.01) -> None:
         import torch
 
-        from pipelines.reward_model import load_reward_model
+        from rayalign.models.reward import load_reward_model
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.path = path
@@ -27,7 +27,7 @@ class RewardModelServer:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _score_pairs(self, pairs: list[tuple[list[dict], str]]) -> list[float]:
-        from pipelines.reward_model import score
+        from rayalign.models.reward import score
 
         prompts = [p for p, _ in pairs]
         completions = [[{"role": "assistant", "content": c}] for _, c in pairs]

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random `tiny` preset model directory, built once per session."""
-    from pipelines.model_factory import init_model
+    from rayalign.models.factory import init_model
 
     return init_model("tiny", tmp_path_factory.mktemp("models") / "tiny", seed=0)
 
@@ -26,8 +26,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def arithmetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Arithmetic task splits (small), built once per session."""
-    from pipelines.tasks import build_task
-    from pipelines.tasks.splits import write_task_data
+    from rayalign.data.tasks import build_task
+    from rayalign.data.tasks.splits import write_task_data
 
     out = tmp_path_factory.mktemp("data") / "arithmetic"
     write_task_data(build_task("arithmetic"), out, seed=0, n_train=400, n_test=50)
@@ -54,15 +54,15 @@ EASY_ARITHMETIC = {"max_operand": 19, "ops": "+", "verbose_rate": 0.5}
 
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.model_factory import init_model
+    from rayalign.models.factory import init_model
 
     return init_model("small", tmp_path_factory.mktemp("models") / "small", seed=0)
 
 
 @pytest.fixture(scope="session")
 def easy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.tasks import build_task
-    from pipelines.tasks.splits import write_task_data
+    from rayalign.data.tasks import build_task
+    from rayalign.data.tasks.splits import write_task_data
 
     out = tmp_path_factory.mktemp("data") / "easy"
     write_task_data(build_task("arithmetic", EASY_ARITHMETIC), out, seed=0, n_train=350, n_test=50)
@@ -73,8 +73,8 @@ def easy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def easy_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`easy_data`'s questions (same seed and counts) with eight wrong answers per question in
     the preference split: more contrast for the reward model and a 400-pair held-out set."""
-    from pipelines.tasks import build_task
-    from pipelines.tasks.splits import write_task_data
+    from rayalign.data.tasks import build_task
+    from rayalign.data.tasks.splits import write_task_data
 
     out = tmp_path_factory.mktemp("data") / "easy-pairs"
     write_task_data(
@@ -106,11 +106,11 @@ def checkpoint_committed(run_dir: Path) -> bool:
 
 def stage_config(stage_name: str, overrides: list[str]):
     """Load configs/tiny/<stage>.yaml with test overrides through the real loader."""
-    from pipelines.config import load_config
-    from pipelines.training import STAGES
+    from pipelines.stage_registry import load_stage
+    from rayalign.config import load_config
 
     root = Path(__file__).resolve().parents[1]
-    stage = STAGES[stage_name]()
+    stage = load_stage(stage_name)
     return stage, load_config(
         stage.config_cls, root / "configs" / "tiny" / f"{stage_name}.yaml", overrides
     )
@@ -119,8 +119,6 @@ def stage_config(stage_name: str, overrides: list[str]):
 @pytest.fixture(scope="session")
 def sft_entry(ray_local, small_model, easy_data, runs_dir):
     """The SFT stage run once from the random `small` model; DPO/KTO/RM/RL start from it."""
-    from pipelines.training import run_stage
-
     stage, config = stage_config(
         "sft",
         [
@@ -132,14 +130,12 @@ def sft_entry(ray_local, small_model, easy_data, runs_dir):
             f"run.storage_path={runs_dir}",
         ],
     )
-    return run_stage(stage, config)
+    return stage.run(config)
 
 
 @pytest.fixture(scope="session")
 def rm_entry(sft_entry, easy_pairs, runs_dir):
     """The reward-model stage run once from the SFT checkpoint (PPO scores with it)."""
-    from pipelines.training import run_stage
-
     stage, config = stage_config(
         "reward_model",
         [
@@ -149,4 +145,4 @@ def rm_entry(sft_entry, easy_pairs, runs_dir):
             f"run.storage_path={runs_dir}",
         ],
     )
-    return run_stage(stage, config)
+    return stage.run(config)

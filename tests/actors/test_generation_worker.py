@@ -10,8 +10,8 @@ from actors.batches import PromptRequest, SamplingOptions
 from actors.generation_worker import remote_generation_worker
 from actors.weight_sync import export_weights
 from pipelines.evaluate import read_prompts
-from pipelines.logprobs import token_logprobs
-from pipelines.model_loading import load_causal_lm, load_tokenizer
+from rayalign.models.loading import load_causal_lm, load_tokenizer
+from rayalign.models.logprobs import token_logprobs
 
 pytestmark = pytest.mark.slow
 

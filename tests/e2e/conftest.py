@@ -25,7 +25,7 @@ class HeadNode(NamedTuple):
 def head_node():
     """A head node (dashboard and job API included) with 4 CPUs, stopped afterwards. Job
     entrypoints find this environment's `python` and `rayalign` first on PATH."""
-    from pipelines.cluster import local_head_node
+    from rayalign.cluster import local_head_node
 
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)

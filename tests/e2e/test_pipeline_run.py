@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from pipelines.cluster import free_port
+from rayalign.cluster import free_port
 from tests.conftest import checkpoint_committed
 from tests.e2e.conftest import served_models, start_serve
 

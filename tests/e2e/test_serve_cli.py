@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelines.cluster import free_port
+from rayalign.cluster import free_port
 from tests.e2e.conftest import served_models, start_serve
 from tests.serving.conftest import register_tiny
 

@@ -7,7 +7,7 @@ import sys
 
 def _rayalign(*args, check=True):
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "pipelines", *args], capture_output=True, text=True, timeout=600
     )
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -49,9 +49,17 @@ def test_bad_input_exits_2_with_message(tmp_path):
 
 
 def _safety_job(stage, *overrides):
-    """A safety stage as its Ray job entrypoint runs it (python -m pipelines.<stage>)."""
+    """A safety stage as its Ray job entrypoint runs it (python -m pipelines train <stage>)."""
     return subprocess.run(
-        [sys.executable, "-m", f"pipelines.{stage}", "--config", f"configs/tiny/{stage}.yaml"]
+        [
+            sys.executable,
+            "-m",
+            "pipelines",
+            "train",
+            stage,
+            "--config",
+            f"configs/tiny/{stage}.yaml",
+        ]
         + list(overrides),
         capture_output=True,
         text=True,

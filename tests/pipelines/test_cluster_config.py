@@ -46,9 +46,9 @@ def test_node_types_are_consistent():
 
 
 def _stage_config(path: Path):
-    from pipelines.config import load_config
-    from pipelines.ppo_config import PPOStageConfig
-    from pipelines.training import STAGES
+    from pipelines.stage_registry import load_stage
+    from rayalign.config import load_config
+    from rayalign.rl_config import PPOStageConfig
     from serving.config import ServingConfig
 
     name = path.stem
@@ -56,7 +56,7 @@ def _stage_config(path: Path):
         return load_config(PPOStageConfig, path)
     if name == "serve":
         return load_config(ServingConfig, path)
-    return load_config(STAGES[name]().config_cls, path)
+    return load_config(load_stage(name).config_cls, path)
 
 
 def _fits(demand: dict[str, float], count: int) -> bool:
@@ -132,13 +132,16 @@ def test_docs_rayalign_commands_parse():
 
 
 def test_docs_job_entrypoints_exist_and_their_configs_load():
+    from pipelines.cli import build_parser
+
     entrypoints = [c for c in _doc_commands() if "python" in c and "-m" in c]
     assert len(entrypoints) >= 4
     for words in entrypoints:
-        module = words[words.index("-m") + 1]
-        assert (ROOT / Path(*module.split("."))).with_suffix(".py").is_file(), module
-        config = ROOT / words[words.index("--config") + 1]
-        _stage_config(config)
+        # The one job entrypoint form: python -m pipelines train STAGE --config FILE.
+        assert words[words.index("-m") + 1] == "pipelines", words
+        parsed, _ = build_parser().parse_known_args(words[words.index("-m") + 2 :])
+        assert parsed.command == "train", words
+        _stage_config(ROOT / parsed.config)
 
 
 def test_docs_ray_commands_exist():

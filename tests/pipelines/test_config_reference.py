@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from pipelines.config_reference import render
-from pipelines.ppo_config import PPOStageConfig
+from rayalign.rl_config import PPOStageConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

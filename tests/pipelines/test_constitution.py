@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError
 from pipelines.constitution import (
     critique_messages,
     labelling_messages,
@@ -23,6 +22,7 @@ from pipelines.labelling import (
 )
 from pipelines.principle_checks import no_refusal, number_only, violation_rate
 from pipelines.rlaif import candidate_pairs
+from rayalign.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 ARITHMETIC = ROOT / "configs" / "constitutions" / "arithmetic.yaml"
@@ -151,7 +151,7 @@ def test_candidate_pairs_are_distinct_and_bounded():
 
 
 def test_registry_keeps_datasets_and_checkpoints_apart(tmp_path):
-    from serving.registry import DatasetEntry, Registry, RegistryEntry
+    from rayalign.registry import DatasetEntry, Registry, RegistryEntry
 
     registry = Registry(tmp_path)
     registry.register(RegistryEntry(name="sft", stage="sft", kind="chat", path="/m"))
@@ -164,9 +164,9 @@ def test_registry_keeps_datasets_and_checkpoints_apart(tmp_path):
 
 
 def test_safety_stage_paths_are_made_absolute_for_the_actors(tmp_path, monkeypatch):
-    from pipelines.config import load_config
     from pipelines.safety_config import ConstitutionalStageConfig, RLAIFStageConfig
     from pipelines.safety_stage import absolute_paths
+    from rayalign.config import load_config
 
     for d in ("policy", "critic"):
         (tmp_path / d).mkdir()

@@ -12,15 +12,13 @@ from pathlib import Path
 import pytest
 
 from pipelines.evaluate import evaluate
-from serving.registry import Registry
+from rayalign.registry import Registry
 from tests.conftest import stage_config
 
 pytestmark = pytest.mark.slow
 
 
 def _from_sft(stage_name: str, sft_entry, data, runs_dir, extra: list[str]):
-    from pipelines.training import run_stage
-
     stage, config = stage_config(
         stage_name,
         [
@@ -31,7 +29,7 @@ def _from_sft(stage_name: str, sft_entry, data, runs_dir, extra: list[str]):
             *extra,
         ],
     )
-    return run_stage(stage, config)
+    return stage.run(config)
 
 
 def test_sft_raises_heldout_accuracy(sft_entry, small_model, easy_data, runs_dir):
@@ -91,8 +89,7 @@ def test_preference_stage_raises_margin_keeps_accuracy(stage_name, sft_entry, ea
 def test_bad_data_stops_before_training_and_keeps_checkpoints(
     sft_entry, easy_data, runs_dir, tmp_path
 ):
-    from pipelines.data_io import DataError
-    from pipelines.training import run_stage
+    from rayalign.data.io import DataError
 
     def snapshot():
         root = runs_dir / "sft"
@@ -119,5 +116,5 @@ def test_bad_data_stops_before_training_and_keeps_checkpoints(
         ],
     )
     with pytest.raises(DataError, match=rf"{bad}, row 4, field 'messages'\[1\]"):
-        run_stage(stage, config)
+        stage.run(config)
     assert snapshot() == before

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, load_config
 from pipelines.pipeline import stage_entrypoint
 from pipelines.pipeline_config import PipelineConfig, substitute
+from rayalign.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,10 +120,18 @@ def test_stage_commands_local_and_on_a_cluster():
     values = {"storage": "/runs", "sft.path": "/runs/sft/final"}
     local = stage_entrypoint(base, values, "/runs", local=True)
     assert local.startswith(f"cd {ROOT} && ")
-    assert shlex.split(local)[4:] == ["-m", "pipelines.cli", "init-model", "--out", "/runs/base"]
+    assert shlex.split(local)[4:] == ["-m", "pipelines", "init-model", "--out", "/runs/base"]
     words = shlex.split(stage_entrypoint(sft, values, "/runs", local=False))
-    assert words[:5] == ["python", "-m", "pipelines.sft", "--config", "configs/tiny/sft.yaml"]
-    assert words[5:] == [
+    assert words[:7] == [
+        "python",
+        "-m",
+        "pipelines",
+        "train",
+        "sft",
+        "--config",
+        "configs/tiny/sft.yaml",
+    ]
+    assert words[7:] == [
         "model.name_or_path=/runs/base",
         "run.name=sft",
         "run.storage_path=/runs",

@@ -45,8 +45,6 @@ def _attempts(run_dir: Path) -> list[dict]:
 
 
 def test_two_workers_match_one_worker_curve(ray_local, tiny_model, arithmetic_data, runs_dir):
-    from pipelines.training import run_stage
-
     curves = {}
     for workers in (1, 2):
         stage, config = _tiny_sft(
@@ -61,7 +59,7 @@ def test_two_workers_match_one_worker_curve(ray_local, tiny_model, arithmetic_da
             "training.save_steps=40",
             "training.global_batch_size=32",
         )
-        curves[workers] = _losses(run_stage(stage, config))
+        curves[workers] = _losses(stage.run(config))
         assert _attempts(config.run_dir)[-1]["world_size"] == workers
     one, two = curves[1], curves[2]
     print("1 worker:", [round(x, 3) for x in one], "\n2 workers:", [round(x, 3) for x in two])
@@ -101,8 +99,6 @@ def _committed_checkpoint(run_dir: Path) -> str | None:
 def test_killed_worker_resumes_from_last_checkpoint(
     ray_local, tiny_model, arithmetic_data, runs_dir
 ):
-    from pipelines.training import run_stage
-
     stage, config = _tiny_sft(
         tiny_model,
         arithmetic_data,
@@ -115,7 +111,7 @@ def test_killed_worker_resumes_from_last_checkpoint(
         "training.max_failures=2",
     )
     result = {}
-    thread = threading.Thread(target=lambda: result.update(entry=run_stage(stage, config)))
+    thread = threading.Thread(target=lambda: result.update(entry=stage.run(config)))
     thread.start()
     # A checkpoint directory appears before Ray Train commits it; a kill in between rightly
     # restarts from step 0. Wait until the controller's snapshot names a committed one.
@@ -139,7 +135,9 @@ def test_interrupted_driver_rerun_resumes_at_saved_step(
     cmd = [
         sys.executable,
         "-m",
-        "pipelines.sft",
+        "pipelines",
+        "train",
+        "sft",
         "--config",
         str(Path(__file__).parents[2] / "configs/tiny/sft.yaml"),
         f"model.name_or_path={tiny_model}",

@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipelines.config import load_config
-from pipelines.ppo_config import PPOStageConfig
+from rayalign.config import load_config
+from rayalign.rl_config import PPOStageConfig
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +136,9 @@ def test_interrupted_rl_run_resumes_at_saved_step(ray_local, tiny_model, arithme
     cmd = [
         sys.executable,
         "-m",
-        "pipelines.ppo",
+        "pipelines",
+        "train",
+        "ppo",
         "--config",
         str(ROOT / "configs/tiny/grpo.yaml"),
         *_overrides(tiny_model, arithmetic_data, runs_dir, "rl-rerun"),

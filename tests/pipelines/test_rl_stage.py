@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.ppo_config import PPOStageConfig
+from rayalign.config import load_config
+from rayalign.rl_config import PPOStageConfig
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config
 from pipelines.constitution import load_constitution
-from pipelines.datasets import load_validated
 from pipelines.safety_config import ConstitutionalStageConfig, RLAIFStageConfig
 from pipelines.safety_stage import measure_violations
+from rayalign.config import load_config
+from rayalign.data.datasets import load_validated
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,8 +24,8 @@ VERBOSE = {"max_operand": 9, "ops": "+", "verbose_rate": 0.7}
 
 @pytest.fixture(scope="module")
 def verbose_data(tmp_path_factory):
-    from pipelines.tasks import build_task
-    from pipelines.tasks.splits import write_task_data
+    from rayalign.data.tasks import build_task
+    from rayalign.data.tasks.splits import write_task_data
 
     out = tmp_path_factory.mktemp("data") / "verbose"
     write_task_data(build_task("arithmetic", VERBOSE), out, seed=1, n_train=80, n_test=20)
@@ -35,9 +35,9 @@ def verbose_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def verbose_sft(ray_local, tiny_model, verbose_data, runs_dir):
     """The tiny model after SFT on the verbose answers."""
-    from pipelines.training import STAGES, run_stage
+    from pipelines.stage_registry import load_stage
 
-    stage = STAGES["sft"]()
+    stage = load_stage("sft")
     config = load_config(
         stage.config_cls,
         ROOT / "configs" / "tiny" / "sft.yaml",
@@ -55,7 +55,7 @@ def verbose_sft(ray_local, tiny_model, verbose_data, runs_dir):
             "training.logging_steps=50",
         ],
     )
-    return run_stage(stage, config)
+    return stage.run(config)
 
 
 def _safety_overrides(policy: str, data: Path, runs: Path, name: str) -> list[str]:
@@ -97,7 +97,7 @@ def rlaif_entry(verbose_sft, verbose_data, runs_dir):
 def test_rlaif_then_dpo_lowers_the_number_only_violation_rate(
     rlaif_entry, verbose_sft, verbose_data, runs_dir
 ):
-    from serving.registry import Registry
+    from rayalign.registry import Registry
 
     config = _rlaif_config(verbose_sft, verbose_data, runs_dir)
     entry = rlaif_entry
@@ -133,10 +133,10 @@ def critic_endpoint(ray_local, verbose_sft, rlaif_entry, tmp_path_factory):
     """`rayalign serve`'s app serving the verbose SFT checkpoint and the RLAIF one."""
     from ray import serve
 
-    from pipelines.cluster import free_port
+    from rayalign.cluster import free_port
+    from rayalign.registry import Registry
     from serving.config import ServingConfig
     from serving.deploy import INGRESS_APP, RegistryWatch, start_endpoint, wait_running
-    from serving.registry import Registry
 
     registry = tmp_path_factory.mktemp("critic-registry")
     Registry(registry).register(verbose_sft)
@@ -259,8 +259,8 @@ def test_a_model_labeller_over_the_endpoint_judges_both_orders(critic_endpoint, 
 def test_a_checkpoint_critic_answers_like_greedy_transformers(ray_local, verbose_sft):
     from pipelines.chat_models import CheckpointChat
     from pipelines.evaluate import generate_hf
-    from pipelines.ppo_config import RolloutConfig
     from pipelines.safety_config import ChatModelSpec
+    from rayalign.rl_config import RolloutConfig
 
     spec = ChatModelSpec(kind="checkpoint", path=verbose_sft.path, max_tokens=8)
     critic = CheckpointChat(spec, RolloutConfig(cpus_per_worker=0.5))

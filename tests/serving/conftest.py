@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cluster import free_port
+from rayalign.cluster import free_port
 
 API_KEY = "test-key-123"
 
@@ -26,8 +26,8 @@ class Endpoint:
 
 def register_tiny(registry: Path, name: str, seed: int) -> Path:
     """A tiny random chat checkpoint (weights set by `seed`) registered as `name`."""
-    from pipelines.model_factory import init_model
-    from serving.registry import Registry, RegistryEntry
+    from rayalign.models.factory import init_model
+    from rayalign.registry import Registry, RegistryEntry
 
     path = init_model("tiny", registry / "models" / name, seed=seed)
     Registry(registry).register(
@@ -42,9 +42,9 @@ def register_tiny(registry: Path, name: str, seed: int) -> Path:
 def endpoint(ray_local, small_model, sft_entry, rm_entry, tmp_path_factory):
     from ray import serve
 
+    from rayalign.registry import Registry, RegistryEntry
     from serving.config import ServingConfig
     from serving.deploy import INGRESS_APP, RegistryWatch, start_endpoint, wait_running
-    from serving.registry import Registry, RegistryEntry
 
     registry = tmp_path_factory.mktemp("serving-registry")
     Registry(registry).register(

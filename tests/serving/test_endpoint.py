@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from pipelines.data_io import read_jsonl
+from rayalign.data.io import read_jsonl
 from tests.serving.conftest import API_KEY, register_tiny
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def test_chat_and_streaming_chat_agree(client, model):
 
 
 def test_served_stages_keep_their_measured_accuracy(client, sft_entry, easy_data):
-    from pipelines.rewards import exact_match_reward
+    from rayalign.rewards import exact_match_reward
 
     rows = read_jsonl(easy_data / "prompts_test.jsonl")
     correct = {"base": 0, "sft": 0}
@@ -95,8 +95,8 @@ def test_reward_route_prefers_chosen_on_heldout_pairs(http, rm_entry, easy_pairs
 
 
 def test_publish_while_another_model_streams(endpoint, client):
+    from rayalign.registry import Registry
     from serving.deploy import RegistryWatch
-    from serving.registry import Registry
 
     results: list[tuple[int, str]] = []
     errors: list[BaseException] = []
@@ -145,8 +145,8 @@ def test_publish_while_another_model_streams(endpoint, client):
 
 
 def test_removed_model_is_gone_others_stay(endpoint, client):
+    from rayalign.registry import Registry
     from serving.deploy import RegistryWatch, remove
-    from serving.registry import Registry
 
     register_tiny(endpoint.registry, "temp", seed=3)
     RegistryWatch(endpoint.config).sync()
@@ -230,7 +230,7 @@ def test_print_config_is_a_valid_serve_config(endpoint):
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "pipelines",
             "serve",
             "--registry",
             str(endpoint.registry),

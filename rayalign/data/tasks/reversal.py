@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from pydantic import Field, model_validator
 
-from pipelines.tasks.base import Example, TaskOptions
+from rayalign.data.tasks.base import Example, TaskOptions
 
 
 class ReversalOptions(TaskOptions):

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from pipelines.tasks.base import Example, TaskOptions
+from rayalign.data.tasks.base import Example, TaskOptions
 
 
 class ArithmeticOptions(TaskOptions):

@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from pipelines.tasks import TASKS, build_task
-from pipelines.tasks.splits import FORMATS, SPLITS, write_task_data
+from rayalign.data.tasks import TASKS, build_task
+from rayalign.data.tasks.splits import FORMATS, SPLITS, write_task_data
 
 
 def _read(path):

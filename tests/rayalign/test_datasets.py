@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from pipelines.data_io import DataError
-from pipelines.datasets import detect_sft_format, load_rows, validate_rows
+from rayalign.data.datasets import detect_sft_format, load_rows, validate_rows
+from rayalign.data.io import DataError
 
 USER = [{"role": "user", "content": "What is 1 + 1?"}]
 GOOD = {

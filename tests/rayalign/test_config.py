@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.config import (
+from rayalign.config import (
     ConfigError,
     DataConfig,
     ModelConfig,
@@ -106,13 +106,14 @@ def test_every_field_has_a_description():
 def test_stage_paths_are_made_absolute_for_the_workers(tmp_path, monkeypatch):
     """Ray Train workers start in another directory than the driver: a relative local path
     in a config must reach them resolved, while hub ids pass unchanged."""
-    from pipelines.training import STAGES, absolute_local_paths
+    from pipelines.stage_registry import load_stage
+    from pipelines.training import absolute_local_paths
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text("{}\n")
     (tmp_path / "sft").mkdir()
     monkeypatch.chdir(tmp_path)
-    stage = STAGES["dpo"]()
+    stage = load_stage("dpo")
     config = stage.config_cls.model_validate(
         {
             "model": {"name_or_path": "sft"},

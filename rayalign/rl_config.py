@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.config import ModelConfig, RunConfig, Strict
+from rayalign.config import ModelConfig, RunConfig, Strict
 
 
 class RLData(Strict):

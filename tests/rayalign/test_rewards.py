@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.rewards import REWARD_FUNCTIONS, batch_exact_match, exact_match_reward
+from rayalign.rewards import REWARD_FUNCTIONS, batch_exact_match, exact_match_reward
 
 
 @pytest.mark.parametrize(

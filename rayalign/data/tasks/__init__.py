@@ -1,6 +1,6 @@
 """The bundled task suite: tasks with verifiable answers, and their registry.
 
-Add a task by writing a class that follows `pipelines.tasks.base.Task` and
+Add a task by writing a class that follows `rayalign.data.tasks.base.Task` and
 listing it in `TASKS`.
 """
 
@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipelines.tasks.arithmetic import ArithmeticTask
-from pipelines.tasks.base import Example, Task, TaskOptions
-from pipelines.tasks.reversal import ReversalTask
+from rayalign.data.tasks.arithmetic import ArithmeticTask
+from rayalign.data.tasks.base import Example, Task, TaskOptions
+from rayalign.data.tasks.reversal import ReversalTask
 
 TASKS: dict[str, type] = {ArithmeticTask.name: ArithmeticTask, ReversalTask.name: ReversalTask}
 

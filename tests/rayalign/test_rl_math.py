@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipelines import rl_math as M
+from rayalign import rl_math as M
 
 
 def test_masked_mean_and_aggregations():

@@ -18,8 +18,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from pipelines.tasks import Task
-from pipelines.tasks.base import Example, verbose_answer
+from rayalign.data.tasks import Task
+from rayalign.data.tasks.base import Example, verbose_answer
 
 FORMATS = ("sft", "preference", "unpaired", "prompts")
 SPLITS = ("train", "test")

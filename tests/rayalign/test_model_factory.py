@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from pipelines.model_factory import PRESETS, init_model
-from pipelines.model_loading import load_causal_lm, load_tokenizer
+from rayalign.models.factory import PRESETS, init_model
+from rayalign.models.loading import load_causal_lm, load_tokenizer
 
 VLLM_HEAD_DIMS = {32, 64, 80, 96, 112, 128, 160, 192, 224, 256}
 

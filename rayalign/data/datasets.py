@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.data_io import DataError, read_jsonl
+from rayalign.data.io import DataError, read_jsonl
 
 Format = Literal[
     "language_modeling", "prompt_completion", "preference", "unpaired", "prompt_only", "text"

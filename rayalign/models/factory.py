@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from pipelines.tasks import TASKS
+from rayalign.data.tasks import TASKS
 
 BOS, EOS, PAD = "<|endoftext|>", "<|im_end|>", "<|pad|>"
 SPECIAL_TOKENS = [BOS, "<|im_start|>", EOS, PAD]
@@ -60,7 +60,7 @@ PRESETS: dict[str, ModelPreset] = {
 def tokenizer_corpus(n_per_task: int = 3000, seed: int = 0) -> list[str]:
     """Text the tokenizer is trained on: rendered task examples plus the shipped corpus."""
     rng = random.Random(seed)
-    lines = (Path(__file__).parent / "tasks" / "corpus.txt").read_text().splitlines()
+    lines = (Path(__file__).parents[1] / "data" / "tasks" / "corpus.txt").read_text().splitlines()
     for cls in TASKS.values():
         task = cls()
         for _ in range(n_per_task):

@@ -1,0 +1,1 @@
+"""Data IO, row validation and the bundled tasks."""
