@@ -179,6 +179,23 @@ def compute_gae(
     return advantages, (advantages + values) * mask
 
 
+def whiten_advantages(
+    advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """Advantages shifted to mean 0 and scaled to std 1 over real tokens (PPO's whitening).
+
+    Args:
+        advantages: [B, T] per-token advantages (e.g. from `compute_gae`).
+        mask: [B, T].
+
+    Returns:
+        [B, T]: (A - mean(A)) / (std(A) + eps) * mask, mean and (unbiased) std taken over
+        the masked tokens only; zero on padding.
+    """
+    real = advantages[mask.bool()]
+    return (advantages - masked_mean(advantages, mask)) / (real.std() + eps) * mask
+
+
 def grpo_advantages(
     rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-6
 ) -> torch.Tensor:
@@ -242,3 +259,44 @@ def token_rewards(
     last = (lengths - 1).clamp(min=0)
     rewards[torch.arange(len(scores)), last] += scores * (lengths > 0)
     return rewards * mask
+
+
+def entropy_bonus(
+    entropy: torch.Tensor, mask: torch.Tensor, coef: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The entropy term added to the policy loss: -coef * mean entropy over real tokens.
+
+    Args:
+        entropy: [B, T] entropy of the policy's next-token distribution at each completion
+            token (`entropy_from_logits`).
+        mask: [B, T].
+        coef: bonus weight (>= 0); a larger entropy lowers the loss.
+
+    Returns:
+        (term, {"entropy": mean entropy}); term is a scalar that keeps the graph.
+    """
+    mean = masked_mean(entropy, mask)
+    return -coef * mean, {"entropy": mean.item()}
+
+
+def kl_loss_term(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    coef: float,
+    kind: KLEstimator = "k3",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The in-loss KL penalty (GRPO style): coef * mean KL(pi || ref) over real tokens.
+
+    Args:
+        logp: [B, T] current policy log-probs of the sampled tokens (with grad).
+        ref_logp: [B, T] reference log-probs of the same tokens.
+        mask: [B, T].
+        coef: penalty weight.
+        kind: the per-token estimator (`kl_estimate`).
+
+    Returns:
+        (term, {"kl_in_loss": mean KL}); term is a scalar that keeps the graph.
+    """
+    mean = masked_mean(kl_estimate(logp, ref_logp, kind), mask)
+    return coef * mean, {"kl_in_loss": mean.item()}

@@ -165,3 +165,38 @@ def test_explained_variance_hand_computed():
     # V = {1.5, 2.5}: residuals {-0.5, 0.5}, variance 0.25 -> 1 - 0.25 / 1.
     values = torch.tensor([[1.5, 2.5, 0.0]])
     assert M.explained_variance(values, returns, mask) == pytest.approx(0.75)
+
+
+def test_whiten_advantages_hand_computed():
+    adv = torch.tensor([[1.0, 3.0, 100.0], [5.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # real tokens {1, 3, 5}
+    # mean 3, unbiased std sqrt(((1-3)^2 + 0 + (5-3)^2) / 2) = 2
+    out = M.whiten_advantages(adv, mask, eps=0.0)
+    assert out.flatten().tolist() == pytest.approx([-1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+    # eps keeps a constant batch finite instead of dividing by zero
+    assert M.whiten_advantages(torch.ones(1, 2), torch.ones(1, 2)).tolist() == [[0.0, 0.0]]
+
+
+def test_entropy_bonus_hand_computed():
+    entropy = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    term, metrics = M.entropy_bonus(entropy, mask, coef=0.1)
+    # mean over real tokens (1 + 2 + 3) / 3 = 2; the bonus lowers the loss by 0.1 * 2
+    assert term.item() == pytest.approx(-0.2)
+    assert metrics == {"entropy": pytest.approx(2.0)}
+    term.backward()
+    assert entropy.grad.flatten().tolist() == pytest.approx([-0.1 / 3, -0.1 / 3, 0, -0.1 / 3, 0, 0])
+
+
+def test_kl_loss_term_hand_computed():
+    logp = torch.log(torch.tensor([[0.5, 0.2], [0.25, 0.9]]))
+    ref = torch.log(torch.tensor([[0.25, 0.9], [0.5, 0.1]]))
+    mask = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # the second tokens are padding
+    term, metrics = M.kl_loss_term(logp, ref, mask, coef=0.5, kind="k3")
+    # k3 = ref/pi - 1 - log(ref/pi): token (0.5, 0.25) -> 0.5 - 1 + log 2 ; (0.25, 0.5) -> 1 - log 2
+    k3 = [0.5 - 1 + math.log(2), 2.0 - 1 - math.log(2)]
+    mean = sum(k3) / 2
+    assert metrics["kl_in_loss"] == pytest.approx(mean)
+    assert term.item() == pytest.approx(0.5 * mean)
+    term1, _ = M.kl_loss_term(logp, ref, mask, coef=1.0, kind="k1")
+    assert term1.item() == pytest.approx((math.log(2) + math.log(0.5)) / 2)
