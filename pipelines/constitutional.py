@@ -11,6 +11,7 @@ or a local checkpoint. Run as `rayalign train constitutional --config FILE`.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 
@@ -29,6 +30,8 @@ from pipelines.safety_stage import (
     write_split,
 )
 from pipelines.stage_registry import StageDefinition
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,7 +116,7 @@ def generate_revisions(
     config: ConstitutionalStageConfig, constitution: Constitution, prompts: list[list[dict]]
 ):
     """Sample, critique and revise; write the splits. Returns (splits, metrics)."""
-    print(f"[{config.run.name}] sampling {len(prompts)} prompts", flush=True)
+    logger.info(f"[{config.run.name}] sampling {len(prompts)} prompts")
     answers = sample_policy(config, prompts)
     chains = [
         Chain(prompt_index=i, original=text, answer=text.strip())
@@ -123,10 +126,9 @@ def generate_revisions(
     ]
     critic = build_chat_model(config.constitutional.critic, config.rollout)
     try:
-        print(
+        logger.info(
             f"[{config.run.name}] {len(chains)} answers: {config.constitutional.revisions} "
-            f"critique-revision round(s) with {critic.label}",
-            flush=True,
+            f"critique-revision round(s) with {critic.label}"
         )
         critique_and_revise(
             critic,
@@ -147,10 +149,9 @@ def generate_revisions(
     splits = {"sft": write_split(config, "sft", sft)}
     if preference:
         splits["preference"] = write_split(config, "preference", preference)
-    print(
+    logger.info(
         f"[{config.run.name}] wrote {len(sft)} SFT rows and {len(preference)} preference rows "
-        f"({int(metrics['unchanged'])} answers unchanged)",
-        flush=True,
+        f"({int(metrics['unchanged'])} answers unchanged)"
     )
     return splits, metrics
 

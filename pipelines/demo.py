@@ -17,6 +17,8 @@ from pathlib import Path
 from pipelines.pipeline_config import PipelineConfig
 from rayalign.config import load_config
 
+logger = logging.getLogger(__name__)
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "configs" / "tiny" / "pipeline.yaml"
 CHAT_STAGES = ["base", "sft", "dpo", "kto", "grpo", "ppo"]
@@ -154,7 +156,7 @@ class StagePublisher:
         for name, message in deploy_failures().items():  # say at once when one cannot start
             if name not in self.reported:
                 self.reported.add(name)
-                print(f"[serve] {name} failed to deploy: {message}", flush=True)
+                logger.warning(f"[serve] {name} failed to deploy: {message}")
         base = self.runner.state.stages.get("base")
         if (
             base
@@ -164,9 +166,8 @@ class StagePublisher:
             register_base(self.storage, measure=False)  # its accuracy comes after the pipeline
         added, _ = self.watch.sync(wait=False)
         if added:
-            print(
-                f"[serve] deploying {', '.join(added)} on the endpoint while the pipeline goes on",
-                flush=True,
+            logger.info(
+                f"[serve] deploying {', '.join(added)} on the endpoint while the pipeline goes on"
             )
 
 
@@ -211,14 +212,14 @@ def run_demo(
         chat={"cpu_kvcache_gib": DEMO_KVCACHE_GIB},
     )
     with local_head_node(num_cpus=DEMO_CPUS) as head:
-        print(f"[demo] local Ray cluster up (dashboard and jobs API {head.jobs})", flush=True)
+        logger.info(f"[demo] local Ray cluster up (dashboard and jobs API {head.jobs})")
         runner = PipelineRunner(config, head.jobs, local=True)
         publisher = None
         if serve:
             connect(head.gcs, len(serving.models), serving)
             # Not every deployment's options on the console.
             logging.getLogger("ray.serve").setLevel(logging.WARNING)
-            print(f"[serve] starting the ingress on {serving.host}:{port}", flush=True)
+            logger.info(f"[serve] starting the ingress on {serving.host}:{port}")
             start_endpoint(serving, wait=False)
             publisher = StagePublisher(storage, serving, runner)
         try:
@@ -230,9 +231,7 @@ def run_demo(
             print_table(rows)
             (storage / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
             plot_curves(storage, rows, storage / "curves.png")
-            print(
-                f"[demo] wrote {storage / 'summary.json'} and {storage / 'curves.png'}", flush=True
-            )
+            logger.info(f"[demo] wrote {storage / 'summary.json'} and {storage / 'curves.png'}")
         except BaseException:
             if publisher:
                 shutdown(stop_serve=False)  # the cluster goes down with everything on it

@@ -11,6 +11,7 @@ under the same run names, so an interrupted stage resumes from its last checkpoi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import signal
@@ -27,6 +28,8 @@ from ray.job_submission import JobStatus
 
 from pipelines.pipeline_config import PipelineConfig, StageSpec, substitute
 from rayalign.registry import Registry
+
+logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -197,7 +200,7 @@ class PipelineRunner:
         st.status, st.started, st.message = StageStatus.RUNNING, time.time(), ""
         st.attempts += 1
         self._printed[spec.name] = 0
-        print(f"[pipeline] {spec.name}: submitted job {st.job_id}", flush=True)
+        logger.info(f"[pipeline] {spec.name}: submitted job {st.job_id}")
 
     # The loop -----------------------------------------------------------------------
 
@@ -205,7 +208,7 @@ class PipelineRunner:
         logs = self.client.get_job_logs(job_id)
         new = logs[self._printed.get(name, 0) :]
         for line in new.splitlines():
-            print(f"[{name}] {line}", flush=True)
+            logger.info(f"[{name}] {line}")
         self._printed[name] = len(logs)
         return logs
 
@@ -217,15 +220,15 @@ class PipelineRunner:
             st.status = StageStatus.SUCCEEDED
             st.checkpoint = registered_checkpoint(self.config.storage_path, spec.name)
             took = st.finished - (st.started or st.finished)
-            print(f"[pipeline] {spec.name}: succeeded in {took:.0f}s", flush=True)
+            logger.info(f"[pipeline] {spec.name}: succeeded in {took:.0f}s")
             return
         st.status = StageStatus.FAILED
         st.message = f"job {st.job_id} {status.value.lower()}"
-        print(f"[pipeline] {spec.name}: FAILED ({st.message}); see the log above", flush=True)
+        logger.warning(f"[pipeline] {spec.name}: FAILED ({st.message}); see the log above")
         for child in self.config.children(spec.name):
             self.state.stages[child].status = StageStatus.BLOCKED
             self.state.stages[child].message = f"not run: {spec.name} failed"
-            print(f"[pipeline] {child}: not run, because {spec.name} failed", flush=True)
+            logger.info(f"[pipeline] {child}: not run, because {spec.name} failed")
 
     def run(self, poll_s: float = 2.0, on_poll: Callable[[], None] | None = None) -> bool:
         """Run every unfinished stage. Returns whether all succeeded. `on_poll` runs after
@@ -233,7 +236,7 @@ class PipelineRunner:
         for s in self.stages:
             st = self.state.stages[s.name]
             if st.status == StageStatus.SUCCEEDED:
-                print(f"[pipeline] {s.name}: done earlier, skipped", flush=True)
+                logger.info(f"[pipeline] {s.name}: done earlier, skipped")
             elif st.status != StageStatus.PENDING:
                 st.status, st.message = (
                     StageStatus.PENDING,
@@ -287,7 +290,7 @@ class PipelineRunner:
     def _stop_running(self) -> None:
         for name, st in self.state.stages.items():
             if st.status == StageStatus.RUNNING and st.job_id:
-                print(f"[pipeline] {name}: stopping job {st.job_id}", flush=True)
+                logger.info(f"[pipeline] {name}: stopping job {st.job_id}")
                 self.client.stop_job(st.job_id)
                 st.status, st.message = StageStatus.INTERRUPTED, "stopped by Ctrl-C"
 
@@ -321,7 +324,7 @@ def run_pipeline(config: PipelineConfig, address: str | None = None) -> bool:
         storage = str(Path(config.storage_path).resolve())
         config = config.model_copy(update={"storage_path": storage})
         with local_head_node() as head:
-            print(f"[pipeline] started a local Ray cluster (jobs API {head.jobs})", flush=True)
+            logger.info(f"[pipeline] started a local Ray cluster (jobs API {head.jobs})")
             ok = PipelineRunner(config, head.jobs, local=True).run()
     print(status_table(config), flush=True)
     return ok

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 
 from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 
 def format_eta(seconds: float) -> str:
@@ -50,4 +52,4 @@ class ProgressCallback(TrainerCallback):
         line = progress_line(self.stage, done, todo, float(logs["loss"]), time.time() - self.start)
         # Show absolute steps (a resumed run continues from its checkpoint's step).
         line = line.replace(f"{done}/{todo}", f"{state.global_step}/{state.max_steps}", 1)
-        print(line, file=sys.stdout, flush=True)
+        logger.info(line)

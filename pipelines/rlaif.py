@@ -10,6 +10,7 @@ Run as `rayalign train rlaif --config FILE [key=value ...]`.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 
 from pipelines.constitution import Constitution
@@ -30,6 +31,8 @@ from pipelines.safety_stage import (
     write_split,
 )
 from pipelines.stage_registry import StageDefinition
+
+logger = logging.getLogger(__name__)
 
 
 def build_labeller(config: RLAIFStageConfig, constitution: Constitution) -> Labeller:
@@ -64,11 +67,11 @@ def generate_pairs(
     prompts: list[list[dict]],
 ):
     """Sample, pair and label; write the preference split. Returns (splits, metrics)."""
-    print(f"[{config.run.name}] sampling {len(prompts)} prompts", flush=True)
+    logger.info(f"[{config.run.name}] sampling {len(prompts)} prompts")
     answers = sample_policy(config, prompts)
     rng = random.Random(config.run.seed)
     pairs = candidate_pairs(answers, config.rlaif.max_pairs_per_prompt, rng)
-    print(f"[{config.run.name}] labelling {len(pairs)} pairs in both orders", flush=True)
+    logger.info(f"[{config.run.name}] labelling {len(pairs)} pairs in both orders")
     kept, stats = label_pairs(labeller, prompts, pairs)
     if not kept:
         raise ValueError(
@@ -88,11 +91,10 @@ def generate_pairs(
     ]
     splits = {"preference": write_split(config, "preference", rows)}
     metrics = stats.as_metrics()
-    print(
+    logger.info(
         f"[{config.run.name}] kept {stats.kept}/{stats.pairs} pairs "
         f"(ties {stats.ties}, contradicting {stats.inconsistent}, "
-        f"agreement {stats.agreement_rate:.2f})",
-        flush=True,
+        f"agreement {stats.agreement_rate:.2f})"
     )
     return splits, metrics
 

@@ -9,6 +9,7 @@ and records each checkpoint's held-out violation rate per checkable principle.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from rayalign.cluster import init_ray
 from rayalign.config import load_config, resolve_local
 from rayalign.data.datasets import load_rows, validate_rows
 from rayalign.registry import DatasetEntry, Registry, RegistryEntry
+
+logger = logging.getLogger(__name__)
 
 SPLIT_FORMATS = {"sft": "language_modeling", "preference": "preference"}
 FOLLOW_UP_SPLIT = {"sft": "sft", "dpo": "preference", "reward_model": "preference"}
@@ -212,7 +215,7 @@ def run_follow_ups(config: SafetyStageConfig, splits: dict[str, Path]) -> Regist
                 f"register_as={(config.register_as or config.run.name) if last else name}",
             ],
         )
-        print(f"[{config.run.name}] training {follow.stage} on {splits[split]}", flush=True)
+        logger.info(f"[{config.run.name}] training {follow.stage} on {splits[split]}")
         entry = stage.run(stage_config)
     return entry
 
@@ -242,10 +245,9 @@ def finish(
     violations = remote_violations(config, constitution, entry.path)
     if violations:
         add_metrics(config, entry, violations)
-        print(
+        logger.info(
             f"[{config.run.name}] {entry.name}: "
-            + ", ".join(f"{k}={v:.3f}" for k, v in sorted(violations.items())),
-            flush=True,
+            + ", ".join(f"{k}={v:.3f}" for k, v in sorted(violations.items()))
         )
     return entry
 
@@ -278,7 +280,7 @@ def run_safety_stage(
     done = finished_splits(config)
     if done:
         splits, metrics = done
-        print(f"[{config.run.name}] reusing the data of an earlier attempt", flush=True)
+        logger.info(f"[{config.run.name}] reusing the data of an earlier attempt")
     else:
         policy = remote_violations(config, constitution, config.model.name_or_path)
         splits, metrics = generate(constitution, prompts)

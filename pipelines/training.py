@@ -11,6 +11,7 @@ and registration in the run registry.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,7 +36,10 @@ from rayalign.config import (
     Strict,
     resolve_local,
 )
+from rayalign.logs import configure as configure_logging
 from rayalign.registry import Registry, RegistryEntry
+
+logger = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
 
@@ -223,7 +227,7 @@ def _record_attempt(run_dir: Path, resume: str | None, world_size: int) -> None:
     step = 0
     if resume:
         step = int(json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"])
-        print(f"[rayalign] resuming from {resume} at step {step}", flush=True)
+        logger.info(f"[rayalign] resuming from {resume} at step {step}")
     with open(run_dir / "attempts.jsonl", "a") as f:
         f.write(
             json.dumps({"time": time.time(), "start_step": step, "world_size": world_size}) + "\n"
@@ -234,6 +238,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     """Runs on each Ray Train worker: build the TRL trainer, train (or resume), export."""
     import ray.train
 
+    configure_logging()  # this worker's progress lines reach the job's log
     stage: Stage = cfg["stage"]
     config = stage.config_cls.model_validate(cfg["config"])
     ctx = ray.train.get_context()
@@ -332,7 +337,7 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
     result = trainer.fit()
     final_path = _final_checkpoint_path(result)
     step = int(json.loads((Path(final_path) / "trainer_state.json").read_text())["global_step"])
-    print(f"[{stage.name}] trained {step} steps; measuring {final_path}", flush=True)
+    logger.info(f"[{stage.name}] trained {step} steps; measuring {final_path}")
     metrics = ray.get(ray.remote(num_cpus=1)(stage.measure).remote(config, final_path))
     metrics.update(
         {
@@ -352,10 +357,9 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
     )
     Registry(run_dir.parent).register(entry)
     (run_dir / "result.json").write_text(json.dumps(entry.__dict__, indent=2))
-    print(
+    logger.info(
         f"[{stage.name}] registered {entry.name!r}: "
-        + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())),
-        flush=True,
+        + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
     )
     return entry
 
