@@ -56,6 +56,26 @@ class RewardsConfig(Strict):
         description="Verifiable reward functions and their weights.",
     )
     num_scorers: int = Field(1, ge=1, description="RewardScorer actors sharing each batch.")
+    cpus_per_scorer: float = Field(0.5, gt=0, description="Logical CPUs per RewardScorer.")
+    gpus_per_scorer: float = Field(
+        0.0, ge=0, description="GPUs per RewardScorer (a large reward model on GPU clusters)."
+    )
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per scorer, e.g. {learner: 0.1} to place them by node.",
+    )
+
+
+class ReferenceActorConfig(Strict):
+    num_cpus: float = Field(0.5, gt=0, description="Logical CPUs of the ReferencePolicy actor.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs of the ReferencePolicy actor.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype of the frozen reference; bfloat16 on GPUs."
+    )
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources of the reference actor, e.g. {learner: 0.1}.",
+    )
 
 
 class LearnerConfig(Strict):
@@ -133,7 +153,6 @@ class RLConfig(Strict):
     eval_samples: int = Field(
         4, ge=1, description="Sampled completions per held-out prompt for the held-out reward."
     )
-    seed: int = Field(0, description="Sampling and shuffling seed.")
 
     model_config = {"extra": "forbid", "populate_by_name": True}
 
@@ -151,6 +170,10 @@ class PPOStageConfig(Strict):
     run: RunConfig = Field(description="Run name, storage and seed.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Generation pool.")
     rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="Reward scorers.")
+    reference_actor: ReferenceActorConfig = Field(
+        default_factory=ReferenceActorConfig,
+        description="Resources and dtype of the frozen reference (its checkpoint is `reference`).",
+    )
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Learners.")
     rl: RLConfig = Field(default_factory=RLConfig, description="Algorithm.")
 
