@@ -158,7 +158,3 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] = ()
             f"invalid {cls.__name__} config from {file_label}:\n" + "\n".join(lines)
         ) from None
 
-
-def dump_config(config: BaseModel, path: str | Path) -> None:
-    """Write the resolved config next to a run's outputs, for provenance and resume."""
-    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
