@@ -53,11 +53,17 @@ class SamplingOptions:
 
 
 @dataclass
-class WorkerInfo:
-    name: str
-    weight_version: int
-    alive: bool = True
-    extra: dict = field(default_factory=dict)
+class ScoredBatch:
+    """Rewards of B completions, as a RewardScorer returns them.
+
+    Attributes:
+        rewards: [B] the weighted sum of the components, one scalar per completion.
+        components: each reward function's (and the reward model's) unweighted score [B],
+            by name (`exact_match`, `reward_model`...).
+    """
+
+    rewards: torch.Tensor
+    components: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,12 +95,12 @@ class TrainBatch:
             return None if t is None else t[idx]
 
         return TrainBatch(
-            [self.prompt_ids[i] for i in idx],
-            [self.completion_ids[i] for i in idx],
-            self.mask[idx],
-            self.behaviour_logprobs[idx],
-            self.advantages[idx],
-            rows(self.ref_logprobs),
-            rows(self.returns),
-            rows(self.old_values),
+            prompt_ids=[self.prompt_ids[i] for i in idx],
+            completion_ids=[self.completion_ids[i] for i in idx],
+            mask=self.mask[idx],
+            behaviour_logprobs=self.behaviour_logprobs[idx],
+            advantages=self.advantages[idx],
+            ref_logprobs=rows(self.ref_logprobs),
+            returns=rows(self.returns),
+            old_values=rows(self.old_values),
         )

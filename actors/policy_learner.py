@@ -7,66 +7,50 @@ minibatch, gradients are averaged with torch.distributed (gloo on CPU, NCCL on G
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
 from actors.batches import TrainBatch
 from rayalign import rl_math
 from rayalign.models.logprobs import sequence_logprobs
-
-
-@dataclass
-class UpdateOptions:
-    """Hyper-parameters of one update (see pipelines/ppo.py for their documentation)."""
-
-    epochs: int = 1
-    minibatch_size: int = 16
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None
-    dual_clip: float | None = None
-    value_clip_eps: float | None = 0.2
-    value_coef: float = 0.5
-    entropy_coef: float = 0.0
-    kl_coef_in_loss: float = 0.0
-    kl_estimator: str = "k3"
-    aggregation: str = "token_mean"
-    temperature: float = 1.0
-    importance_cap: float | None = None
+from rayalign.rl_config import RLConfig
 
 
 class PolicyLearner:
-    """Create with `ray.remote(PolicyLearner)`; one actor per data-parallel rank."""
+    """Create with `ray.remote(PolicyLearner)`; one actor per data-parallel rank.
+
+    Args:
+        model_path: checkpoint of the initial policy.
+        rl: the run's validated `rl` section: learning rates and every update setting.
+        critic_path: checkpoint the critic starts from (PPO), or None.
+        rank / world_size: this actor's data-parallel rank among `world_size` learners.
+            With more than one, call `init_process_group` on every rank (the address from
+            rank 0's `rendezvous_address`) before the first update.
+        seed: torch seed, set before the models load.
+        dtype: policy weights dtype.
+    """
 
     def __init__(
         self,
         model_path: str,
-        learning_rate: float,
+        rl: RLConfig,
         critic_path: str | None = None,
-        critic_learning_rate: float | None = None,
         rank: int = 0,
         world_size: int = 1,
-        master: str | None = None,
         seed: int = 0,
         dtype: str = "float32",
     ) -> None:
         from rayalign.models.loading import load_causal_lm, load_tokenizer
 
         torch.manual_seed(seed)
+        self.rl = rl
         self.rank, self.world_size = rank, world_size
-        if world_size > 1:
-            import torch.distributed as dist
-
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(
-                backend, init_method=f"tcp://{master}", rank=rank, world_size=world_size
-            )
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(model_path)
         self.pad_id = self.tokenizer.pad_token_id
         self.policy = load_causal_lm(model_path, dtype=dtype).to(self.device).train()
         self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=learning_rate, weight_decay=0.0
+            self.policy.parameters(), lr=rl.learning_rate, weight_decay=0.0
         )
         self.critic = None
         if critic_path is not None:
@@ -77,18 +61,29 @@ class PolicyLearner:
             ).to(self.device)
             self.critic.config.pad_token_id = self.pad_id
             self.critic_optimizer = torch.optim.AdamW(
-                self.critic.parameters(), lr=critic_learning_rate or learning_rate, weight_decay=0.0
+                self.critic.parameters(), lr=rl.critic_learning_rate, weight_decay=0.0
             )
 
-    @staticmethod
-    def free_address() -> str:
-        """host:port for rank 0's process group (called on the rank-0 actor)."""
+    # -- data-parallel rendezvous ---------------------------------------------
+    def rendezvous_address(self) -> str:
+        """host:port, free on this actor's node, for the process group (asked of rank 0)."""
         import socket
+
+        import ray
 
         with socket.socket() as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
-        return f"{os.environ.get('RAY_NODE_IP', '127.0.0.1')}:{port}"
+        return f"{ray.util.get_node_ip_address()}:{port}"
+
+    def init_process_group(self, master: str) -> None:
+        """Join the learners' process group at rank 0's `master` address (all ranks at once)."""
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(
+            backend, init_method=f"tcp://{master}", rank=self.rank, world_size=self.world_size
+        )
 
     # -- forward passes -----------------------------------------------------
     @torch.no_grad()
@@ -135,78 +130,89 @@ class PolicyLearner:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
                 p.grad /= self.world_size
 
-    def update(self, batch: TrainBatch, opts: UpdateOptions) -> dict[str, float]:
-        """PPO/GRPO update on this rank's shard: `epochs` passes over minibatches.
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        """PPO/GRPO update on this rank's shard: `rl.epochs` passes over minibatches.
 
         The ratio is taken against the learner's own log-probs before the update
-        (pi_old); with `importance_cap`, the loss is reweighted by the truncated ratio
-        pi_old / pi_behaviour for samples from a stale (async) policy.
+        (pi_old); in async mode the loss is reweighted by the truncated ratio
+        pi_old / pi_behaviour (`rl.importance_cap`) for samples from a stale policy.
         """
+        rl = self.rl
         shard = self._shard(batch)
-        old_logp = self.logprobs(shard.prompt_ids, shard.completion_ids, opts.temperature)
+        old_logp = self.logprobs(shard.prompt_ids, shard.completion_ids, rl.temperature)
         weights = None
-        if opts.importance_cap is not None:
+        if rl.async_mode:
             weights = rl_math.truncated_importance_weights(
-                old_logp, shard.behaviour_logprobs, opts.importance_cap
+                old_logp, shard.behaviour_logprobs, rl.importance_cap
             )
         metrics: dict[str, list[float]] = {}
         n = len(shard.prompt_ids)
-        per_rank_mb = max(1, opts.minibatch_size // self.world_size)
+        per_rank_mb = max(1, rl.minibatch_size // self.world_size)
         generator = torch.Generator().manual_seed(0)
-        for _ in range(opts.epochs):
+        for _ in range(rl.epochs):
             order = torch.randperm(n, generator=generator).tolist()
             for start in range(0, n, per_rank_mb):
                 idx = order[start : start + per_rank_mb]
                 mb = shard.select(idx)
                 step = self._minibatch_step(
-                    mb, old_logp[idx], None if weights is None else weights[idx], opts
+                    mb, old_logp[idx], None if weights is None else weights[idx]
                 )
                 for k, v in step.items():
                     metrics.setdefault(k, []).append(v)
         return {k: sum(v) / len(v) for k, v in metrics.items()}
 
-    def _minibatch_step(
-        self, mb: TrainBatch, old_logp, weights, opts: UpdateOptions
-    ) -> dict[str, float]:
-        from rayalign.models.logprobs import pad_sequences
+    def _policy_forward(self, mb: TrainBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs [B, T] of the minibatch's completions (with grad) and, when the entropy
+        bonus is on, the policy's entropy [B, T] at each completion token."""
+        from rayalign.models.logprobs import gather_completions, pad_sequences, token_logprobs
 
         input_ids, attention, cmask = pad_sequences(mb.prompt_ids, mb.completion_ids, self.pad_id)
-        logits = self.policy(
-            input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
-        ).logits
-        logits = logits / opts.temperature
-        from rayalign.models.logprobs import gather_completions, token_logprobs
-
+        input_ids = input_ids.to(self.device)
+        logits = self.policy(input_ids=input_ids, attention_mask=attention.to(self.device)).logits
+        logits = logits / self.rl.temperature
         lengths = [len(c) for c in mb.completion_ids]
-        logp = gather_completions(
-            token_logprobs(logits, input_ids.to(self.device)).cpu(), cmask, lengths
-        )
+        logp = gather_completions(token_logprobs(logits, input_ids).cpu(), cmask, lengths)
+        entropy = None
+        if self.rl.entropy_coef:
+            per_position = rl_math.entropy_from_logits(logits[:, :-1]).cpu()
+            entropy = gather_completions(per_position, cmask, lengths)
+        return logp, entropy
+
+    def _policy_loss(
+        self, mb: TrainBatch, old_logp: torch.Tensor, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Clipped surrogate + entropy bonus + in-loss KL (`rl.kl_in: loss`), with metrics."""
+        rl = self.rl
+        logp, entropy = self._policy_forward(mb)
         T = logp.shape[1]
-        mask, adv = mb.mask[:, :T], mb.advantages[:, :T]
+        mask = mb.mask[:, :T]
         loss, metrics = rl_math.policy_loss(
             logp,
             old_logp[:, :T],
-            adv,
+            mb.advantages[:, :T],
             mask,
-            opts.clip_eps,
-            opts.clip_eps_high,
-            opts.dual_clip,
-            opts.aggregation,
+            rl.clip_eps,
+            rl.clip_eps_high,
+            rl.dual_clip,
+            rl.aggregation,
             None if weights is None else weights[:, :T],
         )
-        if opts.entropy_coef:
-            entropy = gather_completions(
-                rl_math.entropy_from_logits(logits[:, :-1]).cpu(), cmask, lengths
+        if entropy is not None:
+            bonus, bonus_metrics = rl_math.entropy_bonus(entropy, mask, rl.entropy_coef)
+            loss = loss + bonus
+            metrics.update(bonus_metrics)
+        if rl.kl_in == "loss" and rl.kl_coef and mb.ref_logprobs is not None:
+            kl, kl_metrics = rl_math.kl_loss_term(
+                logp, mb.ref_logprobs[:, :T], mask, rl.kl_coef, rl.kl_estimator
             )
-            ent = rl_math.masked_mean(entropy, mask)
-            loss = loss - opts.entropy_coef * ent
-            metrics["entropy"] = ent.item()
-        if opts.kl_coef_in_loss and mb.ref_logprobs is not None:
-            kl = rl_math.masked_mean(
-                rl_math.kl_estimate(logp, mb.ref_logprobs[:, :T], opts.kl_estimator), mask
-            )
-            loss = loss + opts.kl_coef_in_loss * kl
-            metrics["kl_in_loss"] = kl.item()
+            loss = loss + kl
+            metrics.update(kl_metrics)
+        return loss, metrics
+
+    def _minibatch_step(
+        self, mb: TrainBatch, old_logp: torch.Tensor, weights: torch.Tensor | None
+    ) -> dict[str, float]:
+        loss, metrics = self._policy_loss(mb, old_logp, weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._allreduce_grads(self.policy)
@@ -214,17 +220,25 @@ class PolicyLearner:
         self.optimizer.step()
         metrics["policy_loss"] = loss.item()
         if self.critic is not None and mb.returns is not None:
-            values = self._values(mb.prompt_ids, mb.completion_ids)[:, :T]
-            vloss, vmetrics = rl_math.value_loss(
-                values, mb.old_values[:, :T], mb.returns[:, :T], mask, opts.value_clip_eps
-            )
-            self.critic_optimizer.zero_grad(set_to_none=True)
-            (opts.value_coef * vloss).backward()
-            self._allreduce_grads(self.critic)
-            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), 1.0)
-            self.critic_optimizer.step()
-            metrics.update(vmetrics, value_loss=vloss.item())
+            metrics.update(self._critic_step(mb))
         return metrics
+
+    def _critic_step(self, mb: TrainBatch) -> dict[str, float]:
+        values = self._values(mb.prompt_ids, mb.completion_ids)
+        T = values.shape[1]
+        vloss, metrics = rl_math.value_loss(
+            values,
+            mb.old_values[:, :T],
+            mb.returns[:, :T],
+            mb.mask[:, :T],
+            self.rl.value_clip_eps,
+        )
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        (self.rl.value_coef * vloss).backward()
+        self._allreduce_grads(self.critic)
+        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), 1.0)
+        self.critic_optimizer.step()
+        return {**metrics, "value_loss": vloss.item()}
 
     # -- weights and checkpoints ----------------------------------------------
     def export_weights(self) -> dict[str, torch.Tensor]:

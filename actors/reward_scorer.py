@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from actors.batches import ScoredBatch
 from rayalign.rewards import REWARD_FUNCTIONS
 
 
@@ -42,7 +43,7 @@ class RewardScorer:
 
     def score(
         self, prompts: list[list[dict]], completions: list[str], ground_truths: list[str | None]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> ScoredBatch:
         """Combined reward per completion [B] and each component [B] by name."""
         parts: dict[str, torch.Tensor] = {}
         total = torch.zeros(len(completions))
@@ -57,4 +58,4 @@ class RewardScorer:
             answers = [[{"role": "assistant", "content": c}] for c in completions]
             parts["reward_model"] = score(self.model, self.tokenizer, prompts, answers)
             total += self.reward_model_weight * parts["reward_model"]
-        return total, parts
+        return ScoredBatch(rewards=total, components=parts)

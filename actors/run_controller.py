@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass, field
 
 import ray
 
@@ -18,10 +19,31 @@ def controller_name(run_name: str) -> str:
     return f"controller:{run_name}"
 
 
+@dataclass
+class RunStatus:
+    """Where a running RL job stands, as its driver last reported.
+
+    Attributes:
+        started: UNIX time the controller was created.
+        wanted_rollout_workers: the pool size asked for (by `rayalign scale` or autoscaling).
+        step: the last finished step (None before the first).
+        rollout_workers: the pool's size at that step.
+        metrics: that step's metrics (metrics.jsonl's row without the step).
+    """
+
+    started: float
+    wanted_rollout_workers: int
+    step: int | None = None
+    rollout_workers: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
 class RunController:
+    """The named actor one RL run is steered through; create with `start_controller`."""
+
     def __init__(self, rollout_workers: int) -> None:
         self.wanted = rollout_workers
-        self.status: dict = {"started": time.time()}
+        self.status = RunStatus(started=time.time(), wanted_rollout_workers=rollout_workers)
 
     def set_rollout_workers(self, n: int) -> int:
         if n < 1:
@@ -32,11 +54,15 @@ class RunController:
     def get_rollout_workers(self) -> int:
         return self.wanted
 
-    def report(self, status: dict) -> None:
-        self.status.update(status)
+    def report(self, step: int, rollout_workers: int, metrics: dict[str, float]) -> None:
+        """The driver's report after each step."""
+        self.status.step = step
+        self.status.rollout_workers = rollout_workers
+        self.status.metrics = metrics
 
-    def get_status(self) -> dict:
-        return {**self.status, "wanted_rollout_workers": self.wanted}
+    def get_status(self) -> RunStatus:
+        self.status.wanted_rollout_workers = self.wanted
+        return self.status
 
 
 def start_controller(run_name: str, rollout_workers: int):

@@ -48,14 +48,15 @@ def synthetic_batch(vocab: int, batch: int, prompt_len: int, completion_len: int
 
 
 def measure(preset: str, batch: int, prompt_len: int, completion_len: int) -> dict:
-    from actors.policy_learner import PolicyLearner, UpdateOptions
+    from actors.policy_learner import PolicyLearner
+    from rayalign.rl_config import RLConfig
 
-    learner = PolicyLearner(model_dir(preset), learning_rate=1e-6)
+    rl = RLConfig(learning_rate=1e-6, minibatch_size=min(16, batch), value_clip_eps=None)
+    learner = PolicyLearner(model_dir(preset), rl)
     cfg = learner.policy.config
     data = synthetic_batch(cfg.vocab_size, batch, prompt_len, completion_len)
-    opts = UpdateOptions(minibatch_size=min(16, batch), value_clip_eps=None)
-    learner.update(data, opts)  # warm-up
-    seconds, _ = timed(lambda: learner.update(data, opts))
+    learner.update(data)  # warm-up
+    seconds, _ = timed(lambda: learner.update(data))
     seq = prompt_len + completion_len
     tokens = batch * seq
     n = matmul_params(learner.policy)

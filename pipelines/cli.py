@@ -76,6 +76,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_scale(args: argparse.Namespace) -> None:
+    import dataclasses
+
     import ray
 
     from actors.run_controller import NAMESPACE, find_controller
@@ -85,7 +87,8 @@ def _cmd_scale(args: argparse.Namespace) -> None:
     if args.rollout_workers is not None:
         ray.get(controller.set_rollout_workers.remote(args.rollout_workers))
         print(f"run {args.run!r}: rollout workers -> {args.rollout_workers}")
-    print(json.dumps(ray.get(controller.get_status.remote()), default=str))
+    status = ray.get(controller.get_status.remote())
+    print(json.dumps(dataclasses.asdict(status), default=str))
 
 
 def _serving_config(args: argparse.Namespace):

@@ -1,0 +1,144 @@
+"""The actor group of one RL run, built from its config: the rollout pool, reward scorers,
+the frozen reference, the data-parallel learners and the named run controller.
+
+Every actor's resources, dtype and placement come from the config sections
+(`rollout`, `rewards`, `reference_actor`, `learner`). The driver takes an `RLActors`,
+so tests hand it light stand-ins instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from actors.policy_learner import PolicyLearner
+from actors.reference_policy import ReferencePolicy
+from actors.reward_scorer import RewardScorer
+from actors.rollout_pool import RolloutPool
+from actors.run_controller import start_controller
+from pipelines.rl_checkpoint import RunState
+from rayalign.rl_config import PPOStageConfig
+
+
+@dataclass
+class RLActors:
+    """Handles of one run's actors.
+
+    Attributes:
+        pool: the elastic vLLM rollout pool (a local object owning GenerationWorkers).
+        scorers: RewardScorer handles; each step's samples are split among them.
+        reference: the ReferencePolicy handle.
+        learners: PolicyLearner handles, rank 0 first (it exports weights and saves).
+        controller: the run's named RunController handle.
+    """
+
+    pool: RolloutPool
+    scorers: list[Any]
+    reference: Any
+    learners: list[Any]
+    controller: Any
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
+        for actor in [*self.scorers, self.reference, *self.learners, self.controller]:
+            ray.kill(actor)
+
+
+def cpus_needed(config: PPOStageConfig) -> float:
+    """Logical CPUs the run's actors ask for at start (for a local cluster's size)."""
+    c = config
+    return (
+        c.rollout.num_workers * c.rollout.cpus_per_worker
+        + c.learner.num_learners * c.learner.cpus_per_learner
+        + c.rewards.num_scorers * c.rewards.cpus_per_scorer
+        + c.reference_actor.num_cpus
+    )
+
+
+def build_actors(config: PPOStageConfig, state: RunState) -> RLActors:
+    """Start every actor of a run, resuming from `state` (policy, critic and optimizer)."""
+    from pipelines.policy_sampling import build_pool
+
+    policy_path = state.checkpoint or config.model.name_or_path
+    controller = start_controller(config.run.name, config.rollout.num_workers)
+    pool = build_pool(
+        policy_path,
+        config.rollout,
+        seed=config.run.seed,
+        target=lambda: ray.get(controller.get_rollout_workers.remote()),
+    )
+    return RLActors(
+        pool=pool,
+        scorers=build_scorers(config),
+        reference=build_reference(config),
+        learners=build_learners(config, policy_path, critic_path(config, state), state.optimizer),
+        controller=controller,
+    )
+
+
+def build_scorers(config: PPOStageConfig) -> list[Any]:
+    r = config.rewards
+    cls = ray.remote(
+        num_cpus=r.cpus_per_scorer,
+        num_gpus=r.gpus_per_scorer,
+        resources=r.custom_resources or None,
+    )(RewardScorer)
+    return [
+        cls.remote(r.reward_model, r.functions, r.reward_model_weight) for _ in range(r.num_scorers)
+    ]
+
+
+def build_reference(config: PPOStageConfig) -> Any:
+    a = config.reference_actor
+    cls = ray.remote(
+        num_cpus=a.num_cpus, num_gpus=a.num_gpus, resources=a.custom_resources or None
+    )(ReferencePolicy)
+    return cls.remote(config.reference or config.model.name_or_path, dtype=a.dtype)
+
+
+def critic_path(config: PPOStageConfig, state: RunState) -> str | None:
+    """Where PPO's critic starts: the resumed one, else `critic`, else the reward model,
+    else the policy. None for critic-free algorithms."""
+    if config.rl.algorithm != "ppo":
+        return None
+    return state.critic or config.critic or config.rewards.reward_model or config.model.name_or_path
+
+
+def build_learners(
+    config: PPOStageConfig,
+    policy_path: str,
+    critic: str | None,
+    optimizer: str | None = None,
+    learner_cls: type = PolicyLearner,
+) -> list[Any]:
+    """`learner.num_learners` data-parallel learners, rank 0 first.
+
+    With several, rank 0 reports a free address on its own node and every rank joins the
+    process group there. `optimizer` (a resumed run's optimizer.pt) is loaded on each.
+    """
+    lc = config.learner
+    cls = ray.remote(
+        num_cpus=lc.cpus_per_learner,
+        num_gpus=lc.gpus_per_learner,
+        resources=lc.custom_resources or None,
+    )(learner_cls)
+    learners = [
+        cls.remote(
+            policy_path,
+            config.rl,
+            critic_path=critic,
+            rank=rank,
+            world_size=lc.num_learners,
+            seed=config.run.seed,
+            dtype=config.model.dtype,
+        )
+        for rank in range(lc.num_learners)
+    ]
+    if lc.num_learners > 1:
+        master = ray.get(learners[0].rendezvous_address.remote())
+        ray.get([learner.init_process_group.remote(master) for learner in learners])
+    if optimizer is not None:
+        ray.get([learner.load_optimizer.remote(optimizer) for learner in learners])
+    return learners

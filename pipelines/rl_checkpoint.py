@@ -1,0 +1,91 @@
+"""Checkpoints and resume state of an RL run: state.json, the registry, result.json.
+
+`state.json` names the last checkpoint (policy, optimizer and, for PPO, critic); a rerun
+with the same `run.name` reads it and continues from that step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import ray
+
+from rayalign.registry import Registry, RegistryEntry
+from rayalign.rl_config import PPOStageConfig
+
+
+@dataclass
+class RunState:
+    """What a rerun resumes from (state.json).
+
+    Attributes:
+        step: steps finished and saved (0: a fresh run).
+        checkpoint: the policy's HF directory at `step`.
+        optimizer: the learners' optimizer state (`optimizer.pt` in the checkpoint).
+        critic: the critic's HF directory (PPO only).
+    """
+
+    step: int = 0
+    checkpoint: str | None = None
+    optimizer: str | None = None
+    critic: str | None = None
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunState:
+        path = run_dir / "state.json"
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+    def write(self, run_dir: Path) -> None:
+        """Replace state.json atomically (a killed driver leaves the previous one)."""
+        state = {k: v for k, v in asdict(self).items() if v is not None}
+        tmp = run_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(run_dir / "state.json")
+
+
+def save_checkpoint(
+    config: PPOStageConfig, learner, step: int, metrics: dict[str, float]
+) -> RegistryEntry:
+    """Have rank 0 `learner` write checkpoint-{step}, record it in state.json and register it
+    as `{run.name}-step-{step}` with `metrics`."""
+    run_dir = config.run_dir
+    path = run_dir / f"checkpoint-{step:06d}"
+    ray.get(learner.save.remote(str(path)))
+    RunState(
+        step=step,
+        checkpoint=str(path),
+        optimizer=str(path / "optimizer.pt"),
+        critic=str(path / "critic") if config.rl.algorithm == "ppo" else None,
+    ).write(run_dir)
+    entry = RegistryEntry(
+        name=f"{config.run.name}-step-{step}",
+        stage=config.rl.algorithm,
+        kind="chat",
+        path=str(path),
+        parent=config.model.name_or_path,
+        step=step,
+        metrics=metrics,
+    )
+    Registry(run_dir.parent).register(entry)
+    return entry
+
+
+def register_final(config: PPOStageConfig, entry: RegistryEntry | None) -> RegistryEntry:
+    """Register the last checkpoint under `run.name` with its held-out accuracy and write
+    result.json. `entry` None (a rerun of a finished run) takes the registered last step."""
+    registry = Registry(config.run_dir.parent)
+    if entry is None:
+        entry = registry.get(f"{config.run.name}-step-{config.rl.steps}")
+    final = RegistryEntry(**{**entry.__dict__, "name": config.run.name})
+    if config.data.prompts_eval:
+        from pipelines.evaluate import evaluate
+
+        final.metrics = {
+            **final.metrics,
+            "heldout_accuracy": evaluate(final.path, config.data.prompts_eval).accuracy,
+        }
+    registry.register(final)
+    (config.run_dir / "result.json").write_text(json.dumps(final.__dict__, indent=2))
+    return final

@@ -1,0 +1,317 @@
+"""The RL step loop: PPO, GRPO and RLOO over an injected actor group.
+
+One step reads like the algorithm:
+
+    generate -> score -> reference log-probs -> advantages -> update -> sync weights
+
+The driver moves data between actors (`RLActors`) and does only light tensor math
+(`rayalign.rl_math`); building the actors, checkpoints, metrics and autoscaling live in
+the sibling `rl_*` modules.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import ray
+import torch
+
+from actors.batches import PromptRequest, Sample, SamplingOptions, ScoredBatch, TrainBatch
+from pipelines.evaluate import read_prompts
+from pipelines.rl_actors import RLActors
+from pipelines.rl_autoscale import wanted_pool_size
+from pipelines.rl_checkpoint import RunState, register_final, save_checkpoint
+from pipelines.rl_metrics import MetricsLog
+from rayalign import rl_math
+from rayalign.registry import RegistryEntry
+from rayalign.rewards import exact_match_reward
+from rayalign.rl_config import PPOStageConfig
+
+
+class LogprobMismatchError(RuntimeError):
+    """vLLM's sampling log-probs and the learner's disagree: the weight sync is broken."""
+
+
+@dataclass
+class Rollouts:
+    """One step's samples, flattened (prompt-major, `group_size` per prompt)."""
+
+    samples: list[Sample]
+    prompts: list[list[dict]]
+    ground_truths: list[str | None]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """[B, T] 1.0 on completion tokens, T the longest completion."""
+        return self.padded([[1.0] * len(s.completion_ids) for s in self.samples])
+
+    def padded(self, rows: list[list[float]]) -> torch.Tensor:
+        """Per-token rows right-padded with 0.0 to [B, T]."""
+        width = max(len(s.completion_ids) for s in self.samples)
+        return torch.tensor([r + [0.0] * (width - len(r)) for r in rows])
+
+    @property
+    def token_ids(self) -> tuple[list[list[int]], list[list[int]]]:
+        return [s.prompt_ids for s in self.samples], [s.completion_ids for s in self.samples]
+
+
+@dataclass
+class Advantages:
+    """What the advantage phase hands the update: all [B, T], zero on padding.
+
+    `returns` and `values` (the critic's at sampling) are PPO's only.
+    """
+
+    advantages: torch.Tensor
+    returns: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+
+class RLDriver:
+    """Drives one RL run's steps over `actors`, from `state` (a fresh or resumed run)."""
+
+    def __init__(
+        self, config: PPOStageConfig, actors: RLActors, state: RunState, metrics: MetricsLog
+    ) -> None:
+        self.config = config
+        self.rl = config.rl
+        self.actors = actors
+        self.state = state
+        self.metrics = metrics
+        self.prompts, self.truths = read_prompts(config.data.prompts)
+        self.version = state.step
+        actors.pool.weight_version = self.version
+        self.entry: RegistryEntry | None = None
+
+    # -- the phases of a step -------------------------------------------------
+    def requests(self, step: int) -> list[PromptRequest]:
+        """Step `step`'s prompts: epochs of a seeded shuffle, `prompts_per_step` at a time."""
+        order = list(range(len(self.prompts)))
+        per_step = self.rl.prompts_per_step
+        epoch, offset = divmod(step * per_step, len(order))
+        random.Random(self.config.run.seed + epoch).shuffle(order)
+        idx = [order[(offset + i) % len(order)] for i in range(per_step)]
+        return [PromptRequest(i, self.prompts[j], self.truths[j]) for i, j in enumerate(idx)]
+
+    def generate(
+        self, requests: list[PromptRequest], n: int | None = None, seed: int | None = None
+    ) -> Rollouts:
+        sampling = SamplingOptions(
+            n=n or self.rl.group_size,
+            temperature=self.rl.temperature,
+            max_tokens=self.rl.max_new_tokens,
+            seed=seed,
+        )
+        grouped = self.actors.pool.generate(requests, sampling)
+        samples = [s for group in grouped for s in group]
+        prompts = [requests[s.index].messages for s in samples]
+        truths = [requests[s.index].ground_truth for s in samples]
+        return Rollouts(samples, prompts, truths)
+
+    def score(self, ro: Rollouts) -> ScoredBatch:
+        """Rewards [B] of every sample, the batch split round-robin among the scorers."""
+        scorers = self.actors.scorers
+        shards = [list(range(i, len(ro.samples), len(scorers))) for i in range(len(scorers))]
+        outs: list[ScoredBatch] = ray.get(
+            [
+                sc.score.remote(
+                    [ro.prompts[j] for j in idx],
+                    [ro.samples[j].text for j in idx],
+                    [ro.ground_truths[j] for j in idx],
+                )
+                for sc, idx in zip(scorers, shards, strict=True)
+            ]
+        )
+        scored = ScoredBatch(rewards=torch.zeros(len(ro.samples)))
+        for idx, out in zip(shards, outs, strict=True):
+            scored.rewards[idx] = out.rewards
+            for k, v in out.components.items():
+                scored.components.setdefault(k, torch.zeros(len(ro.samples)))[idx] = v
+        return scored
+
+    def check_logprobs(self, ro: Rollouts, behaviour: torch.Tensor, mask: torch.Tensor) -> float:
+        """Mean |vLLM - learner| log-prob gap on tokens sampled with the learner's current weights."""
+        fresh = [i for i, s in enumerate(ro.samples) if s.weight_version == self.version]
+        if not fresh:
+            return float("nan")
+        learner = ray.get(
+            self.actors.learners[0].logprobs.remote(
+                [ro.samples[i].prompt_ids for i in fresh],
+                [ro.samples[i].completion_ids for i in fresh],
+                self.rl.temperature,
+            )
+        )
+        T = learner.shape[1]
+        gap = rl_math.masked_mean(
+            (learner - behaviour[fresh][:, :T]).abs(), mask[fresh][:, :T]
+        ).item()
+        if gap > self.rl.max_logprob_mismatch:
+            raise LogprobMismatchError(
+                f"step {self.version}: vLLM and learner log-probs differ by {gap:.4f} on average on the same tokens "
+                f"(bound rl.max_logprob_mismatch={self.rl.max_logprob_mismatch}); the weight sync is broken or the "
+                "engines disagree numerically"
+            )
+        return gap
+
+    def reference_logprobs(self, ro: Rollouts, width: int) -> torch.Tensor:
+        """The frozen reference's log-probs [B, width] of the sampled tokens."""
+        ref = self.actors.reference.logprobs.remote(*ro.token_ids, self.rl.temperature)
+        return ray.get(ref)[:, :width]
+
+    def advantages(
+        self,
+        ro: Rollouts,
+        scores: torch.Tensor,
+        mask: torch.Tensor,
+        behaviour: torch.Tensor,
+        ref_lp: torch.Tensor,
+    ) -> tuple[Advantages, dict[str, float]]:
+        """PPO: GAE on the critic's values and KL-penalised token rewards, whitened.
+        GRPO / RLOO: one group-relative advantage per sequence, on every token."""
+        kl = rl_math.kl_estimate(behaviour, ref_lp, self.rl.kl_estimator) * mask
+        metrics = {"kl": rl_math.masked_mean(kl, mask).item()}
+        if self.rl.algorithm == "ppo":
+            kl_in_reward = kl if self.rl.kl_in == "reward" else None
+            token_r = rl_math.token_rewards(scores, mask, kl_in_reward, self.rl.kl_coef)
+            values = ray.get(self.actors.learners[0].values.remote(*ro.token_ids))
+            adv, returns = rl_math.compute_gae(token_r, values, mask, self.rl.gamma, self.rl.lam)
+            # The critic's fit on rollouts it has not trained on yet (verl's vf_explained_var).
+            metrics["value_explained_var"] = rl_math.explained_variance(values, returns, mask)
+            return Advantages(rl_math.whiten_advantages(adv, mask), returns, values), metrics
+        if self.rl.algorithm == "grpo":
+            seq = rl_math.grpo_advantages(scores, self.rl.group_size, scale=self.rl.grpo_scale_std)
+        else:
+            seq = rl_math.rloo_advantages(scores, self.rl.group_size)
+        return Advantages(seq[:, None] * mask), metrics
+
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        """Every learner updates on its shard; their metrics are averaged."""
+        per_rank = ray.get([lr.update.remote(batch) for lr in self.actors.learners])
+        return {k: sum(m[k] for m in per_rank) / len(per_rank) for k in per_rank[0]}
+
+    def sync_weights(self) -> None:
+        self.version += 1
+        weights = ray.get(self.actors.learners[0].export_weights.remote())
+        self.actors.pool.load_weights(weights, self.version)
+
+    def train_step(self, ro: Rollouts, timings: dict[str, float]) -> dict[str, float]:
+        """score -> reference log-probs -> advantages -> update (the caller syncs weights)."""
+        scored = _timed(timings, "score", self.score, ro)
+        metrics = {f"reward/{k}": v.mean().item() for k, v in scored.components.items()}
+        mask = ro.mask
+        behaviour = ro.padded([s.logprobs for s in ro.samples])
+        metrics["logprob_mismatch"] = self.check_logprobs(ro, behaviour, mask)
+        ref_lp = _timed(timings, "reference", self.reference_logprobs, ro, mask.shape[1])
+        adv, adv_metrics = self.advantages(ro, scored.rewards, mask, behaviour, ref_lp)
+        prompt_ids, completion_ids = ro.token_ids
+        batch = TrainBatch(
+            prompt_ids=prompt_ids,
+            completion_ids=completion_ids,
+            mask=mask,
+            behaviour_logprobs=behaviour,
+            advantages=adv.advantages,
+            ref_logprobs=ref_lp,
+            returns=adv.returns,
+            old_values=adv.values,
+        )
+        metrics.update(_timed(timings, "update", self.update, batch))
+        metrics.update(
+            adv_metrics,
+            reward=scored.rewards.mean().item(),
+            tokens=float(mask.sum()),
+            samples=float(len(ro.samples)),
+        )
+        return metrics
+
+    # -- evaluation -----------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Held-out exact-match accuracy (greedy) and mean reward of sampled completions.
+
+        The reward is the training objective measured on prompts the run never trains on:
+        `rl.eval_samples` completions per held-out prompt at the training temperature,
+        scored by the run's own scorers.
+        """
+        if not self.config.data.prompts_eval:
+            return {}
+        convs, truths = read_prompts(self.config.data.prompts_eval)
+        requests = [
+            PromptRequest(i, c, t) for i, (c, t) in enumerate(zip(convs, truths, strict=True))
+        ]
+        grouped = self.actors.pool.generate(
+            requests, SamplingOptions(n=1, temperature=0.0, max_tokens=self.rl.max_new_tokens)
+        )
+        accuracy = sum(
+            exact_match_reward(g[0].text, t) == 1.0 for g, t in zip(grouped, truths, strict=True)
+        ) / len(truths)
+        # Seeded per request: the same draws at every eval step, and the training rollouts'
+        # random stream is left as it would be without evaluations.
+        sampled = self.generate(requests, n=self.rl.eval_samples, seed=self.config.run.seed)
+        return {
+            "heldout_accuracy": accuracy,
+            "heldout_reward": self.score(sampled).rewards.mean().item(),
+        }
+
+    # -- the loop -------------------------------------------------------------
+    def run(self) -> RegistryEntry:
+        """Train from the state's step to `rl.steps`, then register the final checkpoint."""
+        start = self.state.step
+        if start:
+            self.metrics.info(f"resuming at step {start} from {self.state.checkpoint}")
+        if start == 0 and self.config.data.prompts_eval:
+            baseline = self.evaluate()  # the starting policy, for comparison
+            self.metrics.record_eval(0, baseline)
+            self.metrics.info(f"before training: {baseline}")
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            ahead: Rollouts | None = None
+            for step in range(start, self.rl.steps):
+                ahead = self.step(step, ahead, executor)
+        return register_final(self.config, self.entry)
+
+    def step(
+        self, step: int, ahead: Rollouts | None, executor: ThreadPoolExecutor
+    ) -> Rollouts | None:
+        """Run step `step` (0-based) on `ahead` (sampled during the previous step in async
+        mode) or fresh samples; returns the next step's samples in async mode."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        ro = ahead or self.generate(self.requests(step))
+        timings["generate"] = time.perf_counter() - t0
+        future: Future | None = None
+        if self.rl.async_mode and step + 1 < self.rl.steps:
+            # Step k+1 is sampled with step k's weights while step k trains: one step stale.
+            future = executor.submit(self.generate, self.requests(step + 1))
+        metrics = self.train_step(ro, timings)
+        # The pool must be idle before new weights load into it.
+        ahead = future.result() if future is not None else None
+        _timed(timings, "sync", self.sync_weights)
+        done = step + 1
+        if done % self.rl.eval_steps == 0 or done == self.rl.steps:
+            evaluation = self.evaluate()
+            metrics.update(evaluation)
+            self.metrics.record_eval(done, evaluation)
+        timings["step"] = time.perf_counter() - t0
+        pool = self.actors.pool
+        self.metrics.log_step(done, metrics, timings, pool.size, len(pool.stats.samples_per_worker))
+        self.autoscale(timings)
+        if done % self.rl.save_steps == 0 or done == self.rl.steps:
+            self.entry = save_checkpoint(self.config, self.actors.learners[0], done, metrics)
+        return ahead
+
+    def autoscale(self, timings: dict[str, float]) -> None:
+        size = self.actors.pool.size
+        wanted = wanted_pool_size(
+            self.config.rollout.autoscale, size, timings["generate"], timings["step"]
+        )
+        if wanted is not None:
+            self.actors.controller.set_rollout_workers.remote(wanted)
+
+
+def _timed(timings: dict[str, float], phase: str, fn, *args):
+    """fn(*args), adding its wall time in seconds to `timings[phase]`."""
+    t = time.perf_counter()
+    out = fn(*args)
+    timings[phase] = time.perf_counter() - t
+    return out

@@ -1,0 +1,71 @@
+"""Where an RL run's numbers go: metrics.jsonl, eval.jsonl, TensorBoard, the run
+controller (for `rayalign scale`) and one progress line per step."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLog:
+    """Writes one RL run's step metrics and evaluations.
+
+    Args:
+        run_dir: the run's directory (metrics.jsonl, eval.jsonl, tensorboard/).
+        run_name: prefix of the progress lines.
+        steps: the run's last step, for "step N/steps".
+        controller: the run's RunController handle, told each step's metrics.
+    """
+
+    def __init__(self, run_dir: Path, run_name: str, steps: int, controller) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        self.run_name = run_name
+        self.steps = steps
+        self.controller = controller
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def info(self, message: str) -> None:
+        """A progress line, prefixed with the run's name."""
+        log.info("[%s] %s", self.run_name, message)
+
+    def record_eval(self, step: int, metrics: dict[str, float]) -> None:
+        with open(self.run_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def log_step(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        timings: dict[str, float],
+        pool_size: int,
+        workers_used: int,
+    ) -> None:
+        """One finished step: its metrics, phase timings (seconds) and the pool's size now
+        and during generation (a resize can land mid-step)."""
+        metrics = {**metrics, **{f"time/{k}": v for k, v in timings.items()}}
+        metrics["tokens_per_s"] = metrics["tokens"] / max(timings["generate"], 1e-9)
+        metrics["rollout_workers"] = float(pool_size)
+        metrics["rollout_workers_used"] = float(workers_used)
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, step)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.controller.report.remote(step, pool_size, metrics)
+        acc = (
+            f" held-out acc {metrics['heldout_accuracy']:.3f} reward {metrics['heldout_reward']:.3f}"
+            if "heldout_accuracy" in metrics
+            else ""
+        )
+        self.info(
+            f"step {step}/{self.steps} reward {metrics['reward']:.3f} kl {metrics['kl']:.4f}"
+            f" mismatch {metrics['logprob_mismatch']:.4f} workers {pool_size}{acc}"
+            f" ({timings['step']:.1f}s)"
+        )
+
+    def close(self) -> None:
+        self.writer.close()
