@@ -1,0 +1,44 @@
+"""The stage registry is the one list the CLI, the job entrypoint, the pipeline config and
+the config reference read."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.stage_registry import REGISTRY, STAGE_NAMES, load_stage
+from rayalign.config import ConfigError, load_config
+
+
+def test_every_registered_stage_loads_under_its_name():
+    for name in STAGE_NAMES:
+        stage = load_stage(name)
+        assert stage.name == name
+        assert "run" in stage.config_cls.model_fields  # every stage config has a run section
+        assert callable(stage.run)
+
+
+def test_unknown_stage_names_the_registered_ones():
+    with pytest.raises(ValueError, match="registered stages: sft, reward_model"):
+        load_stage("sftt")
+
+
+def test_cli_and_pipeline_config_accept_exactly_the_registered_stages(tmp_path):
+    from pipelines.cli import build_parser
+    from pipelines.pipeline_config import PipelineConfig
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    stage_arg = next(a for a in train._actions if a.dest == "stage")
+    assert tuple(stage_arg.choices) == STAGE_NAMES
+
+    bad = tmp_path / "p.yaml"
+    bad.write_text("name: p\nstages:\n  - {name: a, stage: nope, config: c.yaml}\n")
+    with pytest.raises(ConfigError, match=r"stages\.0\.stage"):
+        load_config(PipelineConfig, bad)
+
+
+def test_config_reference_covers_every_registered_stage():
+    from pipelines.config_reference import render
+
+    text = render()
+    for name, entry in REGISTRY.items():
+        assert f"## {name}\n" in text and entry.summary in text
