@@ -21,12 +21,12 @@ from bench.common import model_dir, write
 
 def _deploy_seconds(path: str, engines: int, variant: str) -> float:
     from ray import serve
-    from ray.llm._internal.common.callbacks.base import CallbackConfig
     from ray.serve.llm import build_llm_deployment
 
     from serving.config import ChatModelOptions
     from serving.deploy import wait_running
     from serving.model_apps import llm_config
+    from serving.ray_llm_adapter import CallbackConfig
 
     options = ChatModelOptions(max_model_len=128, cpu_kvcache_gib=0.25)
     names = [f"bench-{variant}-{i}" for i in range(engines)]

@@ -2,12 +2,15 @@
 
 `rayalign serve` builds a `ServingConfig` from its flags (or a YAML file plus `key=value`
 overrides, like every stage); `rayalign serve --print-config` turns it into the Serve
-config YAML that `serve deploy` takes on a cluster.
+config YAML that `serve deploy` takes on a cluster. The `*Args` and `*Settings` models
+at the end are what crosses into Serve: the arguments of the application builders that
+such a config names, and the constructor arguments of the deployments.
 """
 
 from __future__ import annotations
 
 from pydantic import Field, model_validator
+from ray.serve.config import AutoscalingConfig
 
 from rayalign.config import Strict
 
@@ -29,14 +32,14 @@ class ReplicaOptions(Strict):
             )
         return self
 
-    def autoscaling(self) -> dict:
+    def autoscaling(self) -> AutoscalingConfig:
         """Serve's `autoscaling_config` for these bounds."""
-        return {
-            "min_replicas": self.min_replicas,
-            "initial_replicas": max(self.min_replicas, 1),
-            "max_replicas": self.max_replicas,
-            "target_ongoing_requests": self.target_ongoing_requests,
-        }
+        return AutoscalingConfig(
+            min_replicas=self.min_replicas,
+            initial_replicas=max(self.min_replicas, 1),
+            max_replicas=self.max_replicas,
+            target_ongoing_requests=self.target_ongoing_requests,
+        )
 
 
 class ChatModelOptions(Strict):
@@ -85,6 +88,8 @@ class RewardModelOptions(Strict):
 
 
 class ServingConfig(Strict):
+    """The endpoint and the checkpoints it serves (`rayalign serve`)."""
+
     registry: str = Field(description="Run directory holding registry.json (a storage path).")
     host: str = Field(
         "127.0.0.1", description="Address to bind; 127.0.0.1 keeps the endpoint on this machine."
@@ -115,4 +120,59 @@ class ServingConfig(Strict):
     chat: ChatModelOptions = Field(default_factory=ChatModelOptions, description="Chat models.")
     reward: RewardModelOptions = Field(
         default_factory=RewardModelOptions, description="Reward models."
+    )
+
+
+# What crosses into Serve ---------------------------------------------------------------
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+_MAX_BODY = "Largest request body accepted, bytes (413 beyond)."
+
+
+class IngressSettings(Strict):
+    """Constructor arguments of each ingress replica."""
+
+    registry: str | None = Field(
+        None, description="Absolute run directory whose registry describes the models; None: none."
+    )
+    api_key: str | None = Field(
+        None, description="Bearer key every API route needs; None: no auth."
+    )
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description=_MAX_BODY)
+
+
+class IngressAppArgs(Strict):
+    """Args of `serving.ingress:build_ingress_app` in a Serve config (`serve deploy`)."""
+
+    registry: str | None = Field(
+        None, description="Run directory holding registry.json, as the cluster sees it."
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="Environment variable holding the API key on the cluster (the key itself "
+        "never goes into a config file); None: no auth.",
+    )
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description=_MAX_BODY)
+    num_cpus: float = Field(0.1, gt=0, description="Logical CPUs of each ingress replica.")
+    min_replicas: int = Field(1, ge=0, description="Ingress replicas kept when idle.")
+    max_replicas: int = Field(1, ge=1, description="Ingress replicas the autoscaler may grow to.")
+
+
+class ChatAppArgs(Strict):
+    """Args of `serving.model_apps:build_chat_app` in a Serve config."""
+
+    name: str = Field(description="Served model name (its registry name).")
+    path: str = Field(description="Checkpoint directory (self-contained HF model).")
+    options: ChatModelOptions = Field(
+        default_factory=ChatModelOptions, description="How the checkpoint is served."
+    )
+
+
+class RewardAppArgs(Strict):
+    """Args of `serving.model_apps:build_reward_app` in a Serve config."""
+
+    name: str = Field(description="Served model name (its registry name).")
+    path: str = Field(description="Reward-model checkpoint directory.")
+    options: RewardModelOptions = Field(
+        default_factory=RewardModelOptions, description="How the checkpoint is served."
     )

@@ -15,9 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from ray import serve
+from ray.serve.schema import ApplicationStatus, ServeApplicationSchema, ServeDeploySchema
 
 from rayalign.registry import Registry, RegistryEntry
-from serving.config import API_KEY_ENV, ServingConfig
+from serving.config import (
+    API_KEY_ENV,
+    ChatAppArgs,
+    IngressAppArgs,
+    IngressSettings,
+    RewardAppArgs,
+    ServingConfig,
+)
 from serving.ingress import ingress_app
 from serving.model_apps import app_name, entry_app, parse_app_name
 
@@ -32,12 +40,10 @@ def start_endpoint(config: ServingConfig, wait: bool = True) -> None:
     """Start Serve's proxy on `config.host:port` and the ingress application at `/`
     (`wait`: until the ingress runs)."""
     serve.start(http_options={"host": config.host, "port": config.port})
-    app = ingress_app(
-        registry=config.registry,
-        api_key=config.api_key,
-        max_body_bytes=config.max_body_bytes,
-        num_cpus=config.ingress_cpus,
+    settings = IngressSettings(
+        registry=config.registry, api_key=config.api_key, max_body_bytes=config.max_body_bytes
     )
+    app = ingress_app(settings, num_cpus=config.ingress_cpus)
     serve.run_many(
         [serve.RunTarget(target=app, name=INGRESS_APP, route_prefix="/")],
         wait_for_applications_running=False,
@@ -58,7 +64,7 @@ def deploy_failures() -> dict[str, str]:
     return {
         p[1]: state.message
         for app, state in apps.items()
-        if (p := parse_app_name(app)) and str(state.status).endswith("DEPLOY_FAILED")
+        if (p := parse_app_name(app)) and state.status == ApplicationStatus.DEPLOY_FAILED
     }
 
 
@@ -77,10 +83,9 @@ def wait_running(apps: list[str], timeout_s: float = 600.0) -> None:
             state = statuses.get(app)
             if state is None:
                 continue
-            status = str(state.status)
-            if status.endswith("RUNNING"):
+            if state.status == ApplicationStatus.RUNNING:
                 pending.discard(app)
-            elif status.endswith("DEPLOY_FAILED"):
+            elif state.status == ApplicationStatus.DEPLOY_FAILED:
                 raise ServeError(f"application {app!r} failed to deploy: {state.message}")
         if pending and time.monotonic() > deadline:
             raise ServeError(f"applications not running after {timeout_s:.0f}s: {sorted(pending)}")
@@ -169,37 +174,41 @@ def serve_config(config: ServingConfig) -> dict[str, Any]:
     and redeploy, and Serve touches only that application. The API key is read from the
     ${API_KEY_ENV} environment variable of the ingress, never written into the file.
     """
-    chat = config.chat.model_dump(mode="json")
-    reward = config.reward.model_dump(mode="json")
-    apps: list[dict[str, Any]] = [
-        {
-            "name": INGRESS_APP,
-            "route_prefix": "/",
-            "import_path": "serving.ingress:build_ingress_app",
-            "args": {
-                "registry": str(Path(config.registry).resolve()),
-                "api_key_env": API_KEY_ENV,
-                "max_body_bytes": config.max_body_bytes,
-                "num_cpus": config.ingress_cpus,
-            },
-        }
+    ingress_args = IngressAppArgs(
+        registry=str(Path(config.registry).resolve()),
+        api_key_env=API_KEY_ENV,
+        max_body_bytes=config.max_body_bytes,
+        num_cpus=config.ingress_cpus,
+    )
+    apps = [
+        ServeApplicationSchema(
+            name=INGRESS_APP,
+            route_prefix="/",
+            import_path="serving.ingress:build_ingress_app",
+            # The ingress's replica bounds stay at their defaults unless edited in.
+            args=ingress_args.model_dump(mode="json", exclude={"min_replicas", "max_replicas"}),
+        )
     ]
     for name, entry in sorted(selected(config).items()):
-        builder = "build_chat_app" if entry.kind == "chat" else "build_reward_app"
+        if entry.kind == "chat":
+            builder, args = (
+                "build_chat_app",
+                ChatAppArgs(name=name, path=entry.path, options=config.chat),
+            )
+        else:
+            builder = "build_reward_app"
+            args = RewardAppArgs(name=name, path=entry.path, options=config.reward)
         apps.append(
-            {
-                "name": app_name(entry.kind, name),
-                "route_prefix": None,  # reached through the ingress only
-                "import_path": f"serving.model_apps:{builder}",
-                "args": {
-                    "name": name,
-                    "path": entry.path,
-                    "options": chat if entry.kind == "chat" else reward,
-                },
-            }
+            ServeApplicationSchema(
+                name=app_name(entry.kind, name),
+                route_prefix=None,  # reached through the ingress only
+                import_path=f"serving.model_apps:{builder}",
+                args=args.model_dump(mode="json"),
+            )
         )
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": config.host, "port": config.port},
-        "applications": apps,
-    }
+    deploy = ServeDeploySchema(
+        proxy_location="EveryNode",
+        http_options={"host": config.host, "port": config.port},
+        applications=apps,
+    )
+    return deploy.model_dump(mode="json", exclude_unset=True)

@@ -6,7 +6,9 @@ needs on top:
 
 - the model set is dynamic: models are the Serve applications named by
   `serving.model_apps.app_name`, looked up at request time, so a checkpoint published or
-  removed while serving shows up or disappears without restarting anything;
+  removed while serving shows up or disappears without restarting anything (the hooks
+  that takes live in `serving.ray_llm_adapter`, with every other use of Ray's private
+  modules);
 - `POST /v1/score` for reward models, `GET /health`, and a playground page at `/`;
 - bearer-key auth on every API route (401), a request-body size limit (413), and
   OpenAI-style error bodies for unknown models (404) and malformed requests (400).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -24,27 +27,30 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    ModelCard,
-    ModelList,
-)
-from ray.llm._internal.serve.core.ingress.ingress import (
-    DEFAULT_ENDPOINTS,
-    OpenAiIngress,
-    init,
-    make_fastapi_ingress,
-)
+from ray.serve.deployment import Application
+from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ApplicationStatus
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from rayalign.registry import Kind, Registry
-from serving.config import ReplicaOptions
+from serving.config import IngressAppArgs, IngressSettings, ReplicaOptions
 from serving.model_apps import app_name, parse_app_name
+from serving.ray_llm_adapter import (
+    OPENAI_ROUTES,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DynamicModelsIngress,
+    ModelCard,
+    ModelList,
+    make_fastapi_ingress,
+    openai_fastapi_app,
+)
 
 # Settings of this replica's ingress, read by the ASGI middlewares below (one ingress
 # object per replica process).
-_SETTINGS: dict[str, Any] = {"api_key": None, "max_body_bytes": 1 << 20}
+_SETTINGS = IngressSettings()
+# How long the list of served models is reused before Serve is asked again, seconds.
+_LOOKUP_TTL_S = 1.0
 # Pages anyone may load: they hold no data, and the page's own calls carry the key.
 _PUBLIC_PATHS = {"/", "/playground"}
 
@@ -64,7 +70,7 @@ class BearerAuth:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        key = _SETTINGS["api_key"]
+        key = _SETTINGS.api_key
         if scope["type"] != "http" or not key or scope["path"] in _PUBLIC_PATHS:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers", []))
@@ -89,7 +95,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = _SETTINGS["max_body_bytes"]
+        limit = _SETTINGS.max_body_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await self._too_large(limit, scope, receive, send)
@@ -131,25 +137,19 @@ class RewardScoreRequest(BaseModel):
     )
 
 
-app = init()
+app = openai_fastapi_app()
 app.add_middleware(BearerAuth)
 app.add_middleware(BodyLimit)  # outermost: the size check runs before anything reads a body
 
 
-class RayalignIngress(OpenAiIngress):
+class RayalignIngress(DynamicModelsIngress):
     """OpenAI-compatible ingress over the models published as Serve applications."""
 
-    def __init__(
-        self,
-        registry: str | None = None,
-        api_key: str | None = None,
-        max_body_bytes: int = 1 << 20,
-        lookup_ttl_s: float = 1.0,
-    ) -> None:
-        super().__init__(llm_deployments={}, model_cards={})
-        _SETTINGS.update(api_key=api_key or None, max_body_bytes=max_body_bytes)
-        self._registry = Registry(registry) if registry else None
-        self._ttl = lookup_ttl_s
+    def __init__(self, settings: IngressSettings) -> None:
+        global _SETTINGS
+        super().__init__()
+        _SETTINGS = settings
+        self._registry = Registry(settings.registry) if settings.registry else None
         self._served: dict[str, Kind] = {}
         self._looked_up = 0.0
 
@@ -157,16 +157,16 @@ class RayalignIngress(OpenAiIngress):
 
     async def _served_models(self) -> dict[str, Kind]:
         """{name: kind} of the running model applications, refreshed at most every TTL."""
-        if time.monotonic() - self._looked_up > self._ttl:
+        if time.monotonic() - self._looked_up > _LOOKUP_TTL_S:
             status = await asyncio.to_thread(serve.status)
             served = {}
             for app_id, app_status in status.applications.items():
                 parsed = parse_app_name(app_id)
-                if parsed and str(app_status.status).endswith("RUNNING"):
+                if parsed and app_status.status == ApplicationStatus.RUNNING:
                     served[parsed[1]] = parsed[0]
             # Forget handles of removed models so a name published again is looked up anew.
             for gone in set(self._served) - set(served):
-                self._configured_serve_handles.pop(gone, None)
+                self.forget(gone)
             self._served, self._looked_up = served, time.monotonic()
         return self._served
 
@@ -186,14 +186,9 @@ class RayalignIngress(OpenAiIngress):
             )
         return None
 
-    def _get_configured_serve_handle(self, model_id: str):
-        if model_id not in self._configured_serve_handles:
-            handle = serve.get_app_handle(app_name(self._served[model_id], model_id))
-            self._configured_serve_handles[model_id] = handle.options(stream=True)
-        return self._configured_serve_handles[model_id]
-
-    async def _get_model_id(self, model: str | None) -> str:
-        return model  # checked by _missing before any call reaches here
+    def model_handle(self, model_id: str) -> DeploymentHandle:
+        # `_missing` has checked that the model is served before any call reaches here.
+        return serve.get_app_handle(app_name(self._served[model_id], model_id))
 
     def _card(self, name: str, kind: Kind) -> ModelCard:
         entry = self._registry.get(name) if self._registry else None
@@ -258,10 +253,7 @@ def _playground_html() -> str:
 
 
 ENDPOINTS = {
-    "models": DEFAULT_ENDPOINTS["models"],
-    "model_data": DEFAULT_ENDPOINTS["model_data"],
-    "chat": DEFAULT_ENDPOINTS["chat"],
-    "completions": DEFAULT_ENDPOINTS["completions"],
+    **OPENAI_ROUTES,
     "reward_score": lambda a: a.post("/v1/score"),
     "health": lambda a: a.get("/health"),
     "playground": lambda a: a.get("/", response_class=HTMLResponse),
@@ -272,46 +264,38 @@ app.add_api_route("/playground", lambda: HTMLResponse(_playground_html()), metho
 FastAPIIngress = make_fastapi_ingress(RayalignIngress, endpoint_map=ENDPOINTS, app=app)
 
 
-def build_ingress_app(args: dict[str, Any]):
-    """`serving.ingress:build_ingress_app` for `serve deploy` configs.
-
-    args: registry (path), api_key_env (name of an env var holding the key; the key itself
-    never goes into a config file), max_body_bytes, num_cpus, min_replicas, max_replicas.
-    """
-    import os
-
-    key_env = args.get("api_key_env")
+def build_ingress_app(args: IngressAppArgs) -> Application:
+    """`serving.ingress:build_ingress_app` for `serve deploy` configs: args are an
+    `IngressAppArgs` (Serve passes the dict: postponed annotations hide the model from it).
+    The API key comes from the environment variable the args name."""
+    args = IngressAppArgs.model_validate(args)
+    settings = IngressSettings(
+        registry=args.registry,
+        api_key=os.environ.get(args.api_key_env) if args.api_key_env else None,
+        max_body_bytes=args.max_body_bytes,
+    )
     return ingress_app(
-        registry=args.get("registry"),
-        api_key=os.environ.get(key_env) if key_env else None,
-        max_body_bytes=int(args.get("max_body_bytes", 1 << 20)),
-        num_cpus=float(args.get("num_cpus", 0.1)),
-        min_replicas=int(args.get("min_replicas", 1)),
-        max_replicas=int(args.get("max_replicas", 1)),
+        settings,
+        num_cpus=args.num_cpus,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
     )
 
 
 def ingress_app(
-    *,
-    registry: str | None,
-    api_key: str | None,
-    max_body_bytes: int,
-    num_cpus: float = 0.1,
-    min_replicas: int = 1,
-    max_replicas: int = 1,
-):
+    settings: IngressSettings, num_cpus: float = 0.1, min_replicas: int = 1, max_replicas: int = 1
+) -> Application:
     """The ingress as a Serve application (bind it at route prefix `/`)."""
+    replicas = ReplicaOptions(
+        min_replicas=min_replicas, max_replicas=max_replicas, target_ongoing_requests=64
+    )
     deployment = serve.deployment(
         FastAPIIngress,
         name="RayalignIngress",
         ray_actor_options={"num_cpus": num_cpus},
-        autoscaling_config=ReplicaOptions(
-            min_replicas=min_replicas, max_replicas=max_replicas, target_ongoing_requests=64
-        ).autoscaling(),
+        autoscaling_config=replicas.autoscaling(),
         max_ongoing_requests=1000,
     )
-    return deployment.bind(
-        registry=str(Path(registry).resolve()) if registry else None,
-        api_key=api_key,
-        max_body_bytes=max_body_bytes,
-    )
+    # Replicas start in another directory: a relative registry path would not reach them.
+    registry = str(Path(settings.registry).resolve()) if settings.registry else None
+    return deployment.bind(settings.model_copy(update={"registry": registry}))

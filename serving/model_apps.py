@@ -11,14 +11,16 @@ Chat checkpoints run in `ray.serve.llm`'s `LLMServer` (vLLM); reward models run 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ray import serve
 from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig, ModelLoadingConfig, build_llm_deployment
 
 from rayalign.registry import Kind, RegistryEntry
-from serving.config import ChatModelOptions, RewardModelOptions
+from serving.config import ChatAppArgs, ChatModelOptions, RewardAppArgs, RewardModelOptions
+from serving.ray_llm_adapter import engine_init_callback
+from serving.reward_server import RewardModelServer
 
 APP_PREFIX = "rayalign-"
 
@@ -37,36 +39,8 @@ def parse_app_name(app: str) -> tuple[Kind, str] | None:
     return None
 
 
-try:  # Ray exposes the init hook from an internal module only
-    from ray.llm._internal.common.callbacks.base import CallbackBase
-except ImportError:  # another Ray: engines keep the default initialisation
-    CallbackBase = None
-
-if CallbackBase is not None:
-
-    class EngineInitCallback(CallbackBase):
-        """Runs in the serving replica before its vLLM engine starts.
-
-        - Skips `ray.serve.llm`'s per-node "download" task for a checkpoint already on a
-          local (or shared) filesystem: it downloads nothing there, yet starts one more
-          worker process per engine, which imports vLLM (~12 s of CPU each; seven engines
-          on two cores queue behind them).
-        - Drops an inherited VLLM_CPU_KVCACHE_SPACE (whole GiB, and it overrides the
-          engine's own `kv_cache_memory_bytes`) before the engine's processes start.
-        """
-
-        async def on_before_node_init(self) -> None:
-            source = self.llm_config.model_loading_config.model_source
-            if isinstance(source, str) and os.path.isdir(source):
-                self.ctx.run_init_node = False
-            if "kv_cache_memory_bytes" in self.llm_config.engine_kwargs:
-                os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-
-
-def llm_config(name: str, path: str, options: ChatModelOptions):
+def llm_config(name: str, path: str, options: ChatModelOptions) -> LLMConfig:
     """The `ray.serve.llm.LLMConfig` serving checkpoint `path` as model `name`."""
-    from ray.serve.llm import LLMConfig
-
     engine_kwargs: dict[str, Any] = {"dtype": options.dtype, "enforce_eager": options.enforce_eager}
     if options.max_model_len:
         engine_kwargs["max_model_len"] = options.max_model_len
@@ -78,40 +52,32 @@ def llm_config(name: str, path: str, options: ChatModelOptions):
         bundle = {"CPU": options.cpus_per_replica, "GPU": 0}
         # Engines that share cores must not pin OpenMP threads to the same ones.
         env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-        if CallbackBase is not None:  # which clears an inherited VLLM_CPU_KVCACHE_SPACE
-            engine_kwargs["kv_cache_memory_bytes"] = int(options.cpu_kvcache_gib * 2**30)
-        else:
-            env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(options.cpu_kvcache_gib)))
+        # In bytes, unlike VLLM_CPU_KVCACHE_SPACE (whole GiB), which the engine init
+        # callback clears from the replica's environment so that this one counts.
+        engine_kwargs["kv_cache_memory_bytes"] = int(options.cpu_kvcache_gib * 2**30)
     bundle.update(options.custom_resources)
-    extra: dict[str, Any] = {}
-    if CallbackBase is not None:
-        extra["callback_config"] = {"callback_class": "serving.model_apps:EngineInitCallback"}
     return LLMConfig(
-        model_loading_config={"model_id": name, "model_source": path},
+        model_loading_config=ModelLoadingConfig(model_id=name, model_source=path),
         engine_kwargs=engine_kwargs,
         placement_group_config={"bundles": [bundle]},
         deployment_config={
-            "autoscaling_config": options.replicas.autoscaling(),
+            "autoscaling_config": options.replicas.autoscaling().model_dump(exclude_unset=True),
             # The replica only relays to its engine, which holds the bundle above.
             "ray_actor_options": {"num_cpus": 0.05},
         },
         runtime_env={"env_vars": env} if env else None,
         log_engine_metrics=False,
-        **extra,
+        callback_config=engine_init_callback(),
     )
 
 
 def chat_app(name: str, path: str, options: ChatModelOptions) -> Application:
     """A Serve application running one vLLM `LLMServer` for a chat checkpoint."""
-    from ray.serve.llm import build_llm_deployment
-
     return build_llm_deployment(llm_config(name, path, options))
 
 
 def reward_app(name: str, path: str, options: RewardModelOptions) -> Application:
     """A Serve application scoring with one reward-model checkpoint."""
-    from serving.reward_server import RewardModelServer
-
     deployment = serve.deployment(
         RewardModelServer,
         name=f"RewardModelServer:{name}",
@@ -123,9 +89,7 @@ def reward_app(name: str, path: str, options: RewardModelOptions) -> Application
         },
         max_ongoing_requests=256,
     )
-    return deployment.bind(
-        path, max_batch_size=options.max_batch_size, batch_wait_s=options.batch_wait_timeout_s
-    )
+    return deployment.bind(path, options)
 
 
 def entry_app(
@@ -140,11 +104,15 @@ def entry_app(
 
 
 # Builders for `serve deploy` configs (import_path + args), see serving.deploy.serve_config.
-def build_chat_app(args: dict[str, Any]) -> Application:
-    """`serving.model_apps:build_chat_app` with args {name, path, options}."""
-    return chat_app(args["name"], args["path"], ChatModelOptions(**args.get("options", {})))
+# Serve validates args into the annotated model only when the annotation is a class, not
+# the string that postponed annotations make of it: each builder validates them itself.
+def build_chat_app(args: ChatAppArgs) -> Application:
+    """`serving.model_apps:build_chat_app`: args are a `ChatAppArgs`."""
+    args = ChatAppArgs.model_validate(args)
+    return chat_app(args.name, args.path, args.options)
 
 
-def build_reward_app(args: dict[str, Any]) -> Application:
-    """`serving.model_apps:build_reward_app` with args {name, path, options}."""
-    return reward_app(args["name"], args["path"], RewardModelOptions(**args.get("options", {})))
+def build_reward_app(args: RewardAppArgs) -> Application:
+    """`serving.model_apps:build_reward_app`: args are a `RewardAppArgs`."""
+    args = RewardAppArgs.model_validate(args)
+    return reward_app(args.name, args.path, args.options)

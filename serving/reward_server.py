@@ -10,20 +10,18 @@ import asyncio
 
 from ray import serve
 
+from serving.config import RewardModelOptions
+
 
 class RewardModelServer:
     """Loads a sequence-classification checkpoint (one logit) and scores pairs with it."""
 
-    def __init__(self, path: str, max_batch_size: int = 32, batch_wait_s: float = 0.01) -> None:
-        import torch
-
+    def __init__(self, path: str, options: RewardModelOptions) -> None:
         from rayalign.models.reward import load_reward_model
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        self.path = path
         self.model, self.tokenizer = load_reward_model(path)
-        self._score_pairs.set_max_batch_size(max_batch_size)
-        self._score_pairs.set_batch_wait_timeout_s(batch_wait_s)
+        self._score_pairs.set_max_batch_size(options.max_batch_size)
+        self._score_pairs.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _score_pairs(self, pairs: list[tuple[list[dict], str]]) -> list[float]:
@@ -40,6 +38,3 @@ class RewardModelServer:
     async def score(self, messages: list[dict], completions: list[str]) -> list[float]:
         """Reward of each completion as the assistant's reply to `messages`."""
         return list(await asyncio.gather(*(self._score_pairs((messages, c)) for c in completions)))
-
-    async def check_health(self) -> None:
-        return None

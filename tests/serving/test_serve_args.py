@@ -1,0 +1,144 @@
+"""What crosses into Serve, without starting it: the typed builder args of `serve deploy`
+configs, status handling by enum, and the one module that touches Ray's private API."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from pydantic import ValidationError
+from ray.serve.schema import ApplicationStatus, ServeDeploySchema
+
+from rayalign.registry import Registry, RegistryEntry
+from serving import deploy
+from serving.config import (
+    ChatAppArgs,
+    ChatModelOptions,
+    IngressAppArgs,
+    IngressSettings,
+    ReplicaOptions,
+    RewardAppArgs,
+    RewardModelOptions,
+    ServingConfig,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TYPED = (
+    ServingConfig,
+    ReplicaOptions,
+    ChatModelOptions,
+    RewardModelOptions,
+    IngressSettings,
+    IngressAppArgs,
+    ChatAppArgs,
+    RewardAppArgs,
+)
+
+
+@pytest.fixture
+def config(tmp_path) -> ServingConfig:
+    registry = Registry(tmp_path)
+    registry.register(RegistryEntry("base", "base", "chat", "/ckpt/base"))
+    registry.register(RegistryEntry("rm", "reward_model", "reward", "/ckpt/rm"))
+    return ServingConfig(registry=str(tmp_path), chat={"max_model_len": 128})
+
+
+def test_every_field_has_a_description():
+    for model in TYPED:
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+
+
+def test_serve_config_args_are_the_typed_builder_args(config):
+    body = deploy.serve_config(config)
+    ServeDeploySchema.model_validate(body)
+    apps = {a["name"]: a for a in body["applications"]}
+    assert set(apps) == {"rayalign-ingress", "rayalign-chat-base", "rayalign-reward-rm"}
+    ingress = IngressAppArgs.model_validate(apps["rayalign-ingress"]["args"])
+    assert ingress.api_key_env == "RAYALIGN_API_KEY" and ingress.registry == config.registry
+    chat = ChatAppArgs.model_validate(apps["rayalign-chat-base"]["args"])
+    assert chat.options == config.chat and chat.path == "/ckpt/base"
+    reward = RewardAppArgs.model_validate(apps["rayalign-reward-rm"]["args"])
+    assert reward.options == config.reward
+    assert apps["rayalign-chat-base"]["route_prefix"] is None
+
+
+def test_builder_args_reject_unknown_keys_naming_them():
+    with pytest.raises(ValidationError, match="replica"):
+        ChatAppArgs.model_validate({"name": "a", "path": "/p", "replica": 2})
+    with pytest.raises(ValidationError, match="options.replicas.max_replicas"):
+        RewardAppArgs.model_validate(
+            {"name": "a", "path": "/p", "options": {"replicas": {"max_replicas": 0}}}
+        )
+    with pytest.raises(ValidationError, match="api_key"):
+        IngressAppArgs.model_validate({"api_key": "secret"})  # only its env var's name
+
+
+def test_ingress_builder_takes_the_key_from_the_environment(monkeypatch, tmp_path):
+    from serving.ingress import build_ingress_app
+
+    monkeypatch.setenv("MY_KEY", "secret")
+    app = build_ingress_app({"registry": str(tmp_path), "api_key_env": "MY_KEY"})
+    (settings,) = app._bound_deployment.init_args
+    assert settings == IngressSettings(registry=str(tmp_path), api_key="secret")
+    (settings,) = build_ingress_app({})._bound_deployment.init_args
+    assert settings.api_key is None
+
+
+def _status(**apps: tuple[ApplicationStatus, str]):
+    states = {
+        name: SimpleNamespace(status=status, message=message)
+        for name, (status, message) in apps.items()
+    }
+    return lambda: SimpleNamespace(applications=states)
+
+
+def test_statuses_are_compared_as_enums(monkeypatch):
+    monkeypatch.setattr(
+        deploy.serve,
+        "status",
+        _status(
+            **{
+                "rayalign-chat-a": (ApplicationStatus.RUNNING, ""),
+                "rayalign-chat-b": (ApplicationStatus.DEPLOY_FAILED, "no GPU"),
+                "rayalign-reward-c": (ApplicationStatus.DEPLOYING, ""),
+                "other": (ApplicationStatus.DEPLOY_FAILED, "not ours"),
+            }
+        ),
+    )
+    assert deploy.deploy_failures() == {"b": "no GPU"}
+    assert deploy.served_models() == {"a": "chat", "b": "chat", "c": "reward"}
+    deploy.wait_running(["rayalign-chat-a"])
+    with pytest.raises(deploy.ServeError, match="'rayalign-chat-b' failed to deploy: no GPU"):
+        deploy.wait_running(["rayalign-chat-a", "rayalign-chat-b"])
+    with pytest.raises(deploy.ServeError, match="not running after 0s"):
+        deploy.wait_running(["rayalign-reward-c"], timeout_s=0)
+
+
+def test_only_the_adapter_imports_ray_private_llm_modules():
+    private = re.compile(r"^\s*(from|import)\s+ray\.llm\._internal", re.MULTILINE)
+    users = [
+        str(path.relative_to(ROOT))
+        for folder in ("rayalign", "actors", "serving", "pipelines", "bench", "tests")
+        for path in (ROOT / folder).rglob("*.py")
+        if private.search(path.read_text())
+    ]
+    assert users == ["serving/ray_llm_adapter.py"]
+
+
+def test_chat_builder_makes_the_llm_config_with_rayaligns_engine_callback(ray_local):
+    import importlib
+
+    from serving.model_apps import build_chat_app
+    from serving.ray_llm_adapter import CallbackBase, EngineInitCallback
+
+    args = {"name": "sft", "path": "/ckpt/sft", "options": {"cpu_kvcache_gib": 0.25}}
+    llm = build_chat_app(args)._bound_deployment.init_kwargs["llm_config"]
+    assert llm.model_id == "sft" and llm.model_loading_config.model_source == "/ckpt/sft"
+    assert llm.engine_kwargs["kv_cache_memory_bytes"] == 2**28
+    assert llm.deployment_config["autoscaling_config"]["max_replicas"] == 1
+    module, _, cls = llm.callback_config.callback_class.partition(":")
+    callback = getattr(importlib.import_module(module), cls)  # as the replica loads it
+    assert callback is EngineInitCallback and issubclass(callback, CallbackBase)
