@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from serving.deploy import (
 )
 from serving.model_apps import app_name
 
+log = logging.getLogger(__name__)
+
 # Logical CPUs a local cluster declares beyond the models it starts with, so checkpoints
 # published later can be scheduled (Ray counts CPUs logically; cores are shared).
 _HEADROOM_MODELS = 6
@@ -35,16 +38,18 @@ def connect(address: str | None, models: int, config: ServingConfig) -> None:
 
 
 def base_url(config: ServingConfig) -> str:
+    """The endpoint's URL as a client on this machine reaches it."""
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     return f"http://{host}:{config.port}"
 
 
-def print_usage(config: ServingConfig, names: list[str]) -> None:
+def log_usage(config: ServingConfig, names: list[str]) -> None:
+    """Where the endpoint answers, what it serves, and a first command to try."""
     url = base_url(config)
     auth = ' -H "Authorization: Bearer $RAYALIGN_API_KEY"' if config.api_key else ""
-    print(f"[serve] endpoint {url}/v1  playground {url}/")
-    print(f"[serve] models: {', '.join(names) or 'none yet'}")
-    print(f"[serve] try: curl -s {url}/v1/models{auth}")
+    log.info("[serve] endpoint %s/v1  playground %s/", url, url)
+    log.info("[serve] models: %s", ", ".join(names) or "none yet")
+    log.info("[serve] try: curl -s %s/v1/models%s", url, auth)
 
 
 def serve_until_interrupted(
@@ -66,12 +71,12 @@ def serve_until_interrupted(
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         wanted = selected(config)
-        print(f"[serve] serving {len(wanted)} checkpoint(s): {', '.join(wanted)}", flush=True)
+        log.info("[serve] serving %d checkpoint(s): %s", len(wanted), ", ".join(wanted))
         started = time.monotonic()
         watch.sync(wait=False)
         wait_running([INGRESS_APP, *(app_name(e.kind, n) for n, e in wanted.items())])
-        print(f"[serve] ready in {time.monotonic() - started:.0f}s", flush=True)
-        print_usage(config, sorted(watch.published))
+        log.info("[serve] ready in %.0fs", time.monotonic() - started)
+        log_usage(config, sorted(watch.published))
         if on_ready:
             on_ready()
         while True:
@@ -80,10 +85,10 @@ def serve_until_interrupted(
                 try:
                     added, removed = watch.sync()
                 except (ServeError, ValueError) as err:
-                    print(f"[serve] registry change not applied: {err}", flush=True)
+                    log.warning("[serve] registry change not applied: %s", err)
                     continue
                 if added or removed:
-                    print(f"[serve] published {added or '-'}, removed {removed or '-'}", flush=True)
+                    log.info("[serve] published %s, removed %s", added or "-", removed or "-")
     except KeyboardInterrupt:
         pass
     finally:
@@ -93,7 +98,7 @@ def serve_until_interrupted(
 
 def shutdown(stop_serve: bool = True) -> None:
     """Delete every Serve application (graceful: up to 30 s) and disconnect the driver."""
-    print("[serve] shutting down", flush=True)
+    log.info("[serve] shutting down")
     if stop_serve:
         serve.shutdown()
     ray.shutdown()
@@ -106,7 +111,7 @@ def run_endpoint(
     registry (when `config.watch_interval_s` is set) until interrupted; then shut down.
     `on_ready` runs once every model serves."""
     connect(address, len(selected(config)), config)
-    print(f"[serve] starting the ingress on {config.host}:{config.port}", flush=True)
+    log.info("[serve] starting the ingress on %s:%s", config.host, config.port)
     try:
         start_endpoint(config, wait=False)  # the ingress starts beside the models
     except BaseException:
