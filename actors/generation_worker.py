@@ -108,9 +108,6 @@ class GenerationWorker:
         self.weight_version = version
         return version
 
-    def get_weight_version(self) -> int:
-        return self.weight_version
-
     def ping(self) -> str:
         return self.name
 
