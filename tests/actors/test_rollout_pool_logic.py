@@ -1,0 +1,156 @@
+"""RolloutPool's Ray logic with light stand-in workers (no vLLM): prompt order, exactly-once
+answers when a worker dies mid-batch or mid-sync, resizing 1 -> 2 -> 1 while sampling."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import ray
+
+from actors.batches import PromptRequest, Sample, SamplingOptions
+from actors.rollout_pool import RolloutPool
+
+SAMPLING = SamplingOptions(n=2, max_tokens=3)
+
+
+class StandInWorker:
+    """What the pool calls on a GenerationWorker (`ping`, `load_weights`, `generate`),
+    answering at once: each sample's text names its prompt, its worker and its call.
+
+    Args:
+        name: the worker's label on its samples.
+        delay_s: seconds each `generate` call takes.
+        die_on: exit the process on this `generate` call (1-based), as a crashed engine.
+        die_on_load: exit the process on its first `load_weights` call.
+    """
+
+    def __init__(
+        self, name: str, delay_s: float = 0.0, die_on: int | None = None, die_on_load=False
+    ) -> None:
+        self.name, self.delay_s, self.die_on, self.die_on_load = name, delay_s, die_on, die_on_load
+        self.calls = 0
+        self.weight_version = 0
+
+    def ping(self) -> str:
+        return self.name
+
+    def load_weights(self, weights: dict, version: int) -> int:
+        if self.die_on_load:
+            os._exit(1)
+        assert weights == {"w": version}  # the pool passes its one object-store copy
+        self.weight_version = version
+        return version
+
+    def generate(self, requests: list[PromptRequest], sampling: SamplingOptions) -> list[Sample]:
+        self.calls += 1
+        if self.calls == self.die_on:
+            os._exit(1)
+        time.sleep(self.delay_s)
+        return [
+            Sample(
+                index=r.index,
+                prompt_ids=[r.index],
+                completion_ids=[k] * sampling.max_tokens,
+                logprobs=[-1.0] * sampling.max_tokens,
+                text=f"{r.index}:{self.name}:{self.calls}",
+                finish_reason="length",
+                weight_version=self.weight_version,
+                worker=self.name,
+            )
+            for r in requests
+            for k in range(sampling.n)
+        ]
+
+
+RemoteStandIn = ray.remote(num_cpus=0, max_restarts=0)(StandInWorker)
+
+
+def factory(**by_name: dict):
+    """`make_worker(name)` for the pool: a stand-in with the options given for that name."""
+    return lambda name: RemoteStandIn.remote(name, **by_name.get(name, {}))
+
+
+def _requests(n: int) -> list[PromptRequest]:
+    return [PromptRequest(i, [{"role": "user", "content": f"q{i}"}]) for i in range(n)]
+
+
+def _check_exactly_once(requests, results) -> None:
+    assert len(results) == len(requests)
+    for req, samples in zip(requests, results, strict=True):
+        assert [s.index for s in samples] == [req.index] * SAMPLING.n
+        # Both samples of a prompt come from one call of one worker: no chunk answered twice.
+        assert len({s.text.split(":", 1)[1] for s in samples}) == 1
+
+
+def test_results_come_in_prompt_order_when_chunks_finish_out_of_order(ray_local):
+    # gen-0 takes its chunks slowly; gen-1 answers the later chunks before it finishes.
+    make = factory(**{"gen-0": {"delay_s": 0.5}})
+    pool = RolloutPool(make, num_workers=2, chunk_size=3)
+    requests = _requests(17)  # a short last chunk
+    results = pool.generate(requests, SAMPLING)
+    _check_exactly_once(requests, results)
+    assert pool.stats.chunks == 6 and pool.stats.retried_chunks == 0
+    assert sum(pool.stats.samples_per_worker.values()) == 17 * SAMPLING.n
+    assert pool.stats.samples_per_worker["gen-1"] > pool.stats.samples_per_worker["gen-0"]
+    assert pool.generate([], SAMPLING) == []
+    pool.shutdown()
+
+
+def test_worker_dying_mid_batch_is_replaced_and_its_chunk_answered_once(ray_local):
+    make = factory(**{"gen-1": {"die_on": 2, "delay_s": 0.05}, "gen-0": {"delay_s": 0.05}})
+    pool = RolloutPool(make, num_workers=2, chunk_size=2)
+    pool.load_weights({"w": 3}, version=3)
+    requests = _requests(20)
+    results = pool.generate(requests, SAMPLING)
+    _check_exactly_once(requests, results)
+    assert pool.stats.retried_chunks == 1 and pool.stats.replaced_workers == 1
+    assert set(pool.workers) == {"gen-0", "gen-2"}
+    workers = {s.worker for samples in results for s in samples}
+    assert workers == {"gen-0", "gen-1", "gen-2"}  # gen-1 answered its first chunk only
+    # The replacement took the current weights before its first chunk.
+    assert {s.weight_version for samples in results for s in samples} == {3}
+    pool.shutdown()
+
+
+def test_worker_dying_during_a_weight_sync_is_replaced_on_the_new_weights(ray_local):
+    make = factory(**{"gen-1": {"die_on_load": True}})
+    pool = RolloutPool(make, num_workers=2, chunk_size=4)
+    pool.load_weights({"w": 5}, version=5)
+    assert set(pool.workers) == {"gen-0", "gen-2"}
+    results = pool.generate(_requests(8), SAMPLING)
+    assert {s.weight_version for samples in results for s in samples} == {5}
+    pool.shutdown()
+
+
+def test_pool_grows_and_shrinks_while_generating(ray_local):
+    # The target is polled once per finished chunk: 2 workers from the 2nd poll, 1 from the 6th.
+    plan = iter([None, 2, None, None, None, 1])
+    sizes: list[int] = []
+
+    def target():
+        sizes.append(pool.size)
+        return next(plan, None)
+
+    make = factory(**{name: {"delay_s": 0.1} for name in ("gen-0", "gen-1")})
+    pool = RolloutPool(make, num_workers=1, chunk_size=2, target=target)
+    requests = _requests(24)
+    results = pool.generate(requests, SAMPLING)
+    _check_exactly_once(requests, results)
+    assert {s.worker for samples in results for s in samples} == {"gen-0", "gen-1"}
+    assert sizes[0] == 1 and 2 in sizes and sizes[-1] == 1
+    assert pool.size == 1 and pool.stats.replaced_workers == 0
+    # The worker removed was idle when the pool shrank: no chunk was lost or re-queued.
+    assert pool.stats.retried_chunks == 0
+
+    # Between steps: idle workers go first, busy ones stay; never fewer than one.
+    (kept,) = pool.workers
+    pool.scale_to(3)
+    assert list(pool.workers) == [kept, "gen-2", "gen-3"]
+    pool.scale_to(1, busy={"gen-3"})
+    assert list(pool.workers) == ["gen-3"]
+    with pytest.raises(ValueError, match="at least one worker"):
+        pool.scale_to(0)
+    pool.shutdown()
+    assert pool.size == 0
