@@ -10,6 +10,7 @@ from pathlib import Path
 from pipelines.stage_registry import STAGE_NAMES, load_stage
 from rayalign.config import ConfigError
 from rayalign.data.io import DataError
+from rayalign.logs import configure as configure_logging
 
 
 def _cmd_init_model(args: argparse.Namespace) -> None:
@@ -320,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "train":
