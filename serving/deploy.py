@@ -191,10 +191,8 @@ def serve_config(config: ServingConfig) -> dict[str, Any]:
     ]
     for name, entry in sorted(selected(config).items()):
         if entry.kind == "chat":
-            builder, args = (
-                "build_chat_app",
-                ChatAppArgs(name=name, path=entry.path, options=config.chat),
-            )
+            builder = "build_chat_app"
+            args = ChatAppArgs(name=name, path=entry.path, options=config.chat)
         else:
             builder = "build_reward_app"
             args = RewardAppArgs(name=name, path=entry.path, options=config.reward)
