@@ -88,8 +88,9 @@ def _cmd_scale(args: argparse.Namespace) -> None:
     if args.rollout_workers is not None:
         ray.get(controller.set_rollout_workers.remote(args.rollout_workers))
         print(f"run {args.run!r}: rollout workers -> {args.rollout_workers}")
-    status = ray.get(controller.get_status.remote())
-    print(json.dumps(dataclasses.asdict(status), default=str))
+    status = dataclasses.asdict(ray.get(controller.get_status.remote()))
+    # One flat JSON object, as before RunStatus: the step's metrics beside the pool sizes.
+    print(json.dumps({**status.pop("metrics"), **status}, default=str))
 
 
 def _serving_config(args: argparse.Namespace):

@@ -157,4 +157,3 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] = ()
         raise ConfigError(
             f"invalid {cls.__name__} config from {file_label}:\n" + "\n".join(lines)
         ) from None
-
