@@ -150,3 +150,18 @@ def rm_entry(sft_entry, easy_pairs, runs_dir):
         ],
     )
     return stage.run(config)
+
+
+def cluster_processes(marker: str) -> list:
+    """Processes of this session's Ray cluster (descendants of this process) whose command
+    line contains `marker`, e.g. "RayTrainWorker": never another cluster's on the machine."""
+    import psutil
+
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if any(marker in part for part in process.cmdline()):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            pass  # exited meanwhile
+    return found

@@ -11,10 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.conftest import checkpoint_committed, stage_config
+from tests.conftest import checkpoint_committed, cluster_processes, stage_config
 
 pytestmark = pytest.mark.slow
 
@@ -70,11 +69,7 @@ def test_two_workers_match_one_worker_curve(ray_local, tiny_model, arithmetic_da
 
 
 def _train_worker_pids() -> list[int]:
-    return [
-        p.pid
-        for p in psutil.process_iter(["cmdline"])
-        if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))
-    ]
+    return [p.pid for p in cluster_processes("RayTrainWorker")]
 
 
 def _wait_for(predicate, timeout: float, what: str):

@@ -12,11 +12,11 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from rayalign.config import load_config
 from rayalign.rl_config import PPOStageConfig
+from tests.conftest import cluster_processes
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,11 +117,7 @@ def test_killed_generation_worker_mid_run(ray_local, tiny_model, arithmetic_data
     config = _config(tiny_model, arithmetic_data, runs_dir, "genkill")
     thread, out = _run_in_thread(config)
     _wait_for_step(config, 2)
-    victims = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if any("GenerationWorker" in c for c in p.info["cmdline"] or [])
-    ]
+    victims = cluster_processes("GenerationWorker")
     assert victims
     victims[0].kill()
     thread.join(timeout=600)
