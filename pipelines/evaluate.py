@@ -80,7 +80,8 @@ def generate_vllm(
     from rayalign.models.vllm_engine import build_llm
 
     llm = build_llm(model_path)
-    outputs = llm.chat(conversations, SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
+    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+    outputs = llm.chat(conversations, params, use_tqdm=False)
     return [o.outputs[0].text for o in outputs]
 
 

@@ -31,10 +31,10 @@ QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     # Weight-loading, shard-writing and dataset-mapping progress bars in every worker;
-    # rayalign prints its own progress lines.
+    # rayalign prints its own progress lines. (Not TQDM_DISABLE: vLLM's offline LLM.chat
+    # divides by its progress bar's elapsed time, which a disabled bar leaves at 0.)
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    "TQDM_DISABLE": "1",
 }
 _HANDLER_NAME = "rayalign-console"
 
