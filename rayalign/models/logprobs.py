@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def tokenize_pair(tokenizer, prompt: list[dict], completion: list[dict]) -> tuple[list[int], int]:
@@ -19,18 +18,76 @@ def tokenize_pair(tokenizer, prompt: list[dict], completion: list[dict]) -> tupl
     return full_ids, len(prompt_ids)
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Log-prob of each next token.
+# Logit entries turned into float32 at a time by the log-softmax: 2M entries (8 MB, 16
+# positions of a 128k vocabulary) instead of a [B, T, V] float32 copy of the logits.
+BLOCK_ELEMENTS = 1 << 21
+
+
+def _blocks(B: int, L: int, V: int, budget: int):
+    """(batch slice, position slice) blocks of [B, L] with about `budget` // V positions each."""
+    rows = max(1, min(L, budget // V))
+    batch = max(1, budget // (rows * V)) if rows == L else 1
+    for b in range(0, B, batch):
+        for i in range(0, L, rows):
+            yield slice(b, b + batch), slice(i, i + rows)
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log softmax(logits / t)[target], a block of positions at a time, in float32.
+
+    Memory-bounded in both directions: the forward keeps only the [B, L] log-sum-exp,
+    and the backward recomputes each block's softmax to write the logits' gradient
+    (onehot - softmax) * grad / t, so neither pass holds a float32 [B, L, V] copy.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature, budget):
+        B, L, V = logits.shape
+        out = torch.empty((B, L), dtype=torch.float32, device=logits.device)
+        lse = torch.empty((B, L), dtype=torch.float32, device=logits.device)
+        for bs, ls in _blocks(B, L, V, budget):
+            x = logits[bs, ls].float() / temperature
+            lse[bs, ls] = torch.logsumexp(x, dim=-1)
+            out[bs, ls] = x.gather(-1, targets[bs, ls, None]).squeeze(-1) - lse[bs, ls]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature, ctx.budget = temperature, budget
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, targets, lse = ctx.saved_tensors
+        t = ctx.temperature
+        grad = torch.empty_like(logits)
+        for bs, ls in _blocks(*logits.shape, ctx.budget):
+            g = grad_out[bs, ls, None].float()
+            x = logits[bs, ls].float() / t
+            block = torch.exp(x - lse[bs, ls, None]).mul_(-g)
+            block.scatter_add_(-1, targets[bs, ls, None], g)
+            grad[bs, ls] = block.div_(t)
+        return grad, None, None, None
+
+
+def token_logprobs(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    temperature: float = 1.0,
+    block_elements: int = BLOCK_ELEMENTS,
+) -> torch.Tensor:
+    """Log-prob of each next token under softmax(logits / temperature).
 
     Args:
-        logits: [B, T, V] model outputs.
+        logits: [B, T, V] model outputs (any float dtype; the math runs in float32).
         input_ids: [B, T] the tokens.
+        temperature: divides the logits, matching vLLM's processed log-probs.
+        block_elements: logit entries per float32 block of the log-softmax.
 
     Returns:
-        [B, T-1]: entry t is log p(input_ids[:, t+1] | input_ids[:, :t+1]).
+        [B, T-1] float32: entry t is log p(input_ids[:, t+1] | input_ids[:, :t+1]).
+        Differentiable with respect to `logits`.
     """
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return _TokenLogprobs.apply(
+        logits[:, :-1], input_ids[:, 1:].contiguous(), float(temperature), block_elements
+    )
 
 
 @torch.no_grad()
@@ -113,7 +170,5 @@ def sequence_logprobs(
     logits = model(
         input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)
     ).logits
-    if temperature != 1.0:
-        logits = logits / temperature
-    per_position = token_logprobs(logits, input_ids.to(model.device)).cpu()
+    per_position = token_logprobs(logits, input_ids.to(model.device), temperature).cpu()
     return gather_completions(per_position, cmask, [len(c) for c in completion_ids])
