@@ -77,6 +77,8 @@ class TrainBatch:
         advantages: [B, T] per-token advantages.
         ref_logprobs: [B, T] reference log-probs, for an in-loss KL term (else None).
         returns / old_values: [B, T] value targets and the critic's values at sampling (PPO).
+        fresh: [B] bool, True where the sample came from the learner's current weights
+            (None: every sample did). Only fresh samples measure the vLLM/learner gap.
     """
 
     prompt_ids: list[list[int]]
@@ -87,6 +89,13 @@ class TrainBatch:
     ref_logprobs: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     old_values: torch.Tensor | None = None
+    fresh: torch.Tensor | None = None
+
+    def fresh_rows(self) -> torch.Tensor:
+        """[B] float, 1.0 on samples drawn with the learner's current weights."""
+        if self.fresh is None:
+            return torch.ones(len(self.prompt_ids))
+        return self.fresh.float()
 
     def select(self, idx: list[int]) -> TrainBatch:
         """The sub-batch of rows `idx` (minibatches and data-parallel shards)."""
@@ -103,4 +112,5 @@ class TrainBatch:
             ref_logprobs=rows(self.ref_logprobs),
             returns=rows(self.returns),
             old_values=rows(self.old_values),
+            fresh=rows(self.fresh),
         )

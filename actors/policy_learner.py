@@ -16,6 +16,10 @@ from rayalign.models.logprobs import sequence_logprobs
 from rayalign.rl_config import RLConfig
 
 
+class LogprobMismatchError(RuntimeError):
+    """vLLM's sampling log-probs and the learner's disagree: the weight sync is broken."""
+
+
 class PolicyLearner:
     """Create with `ray.remote(PolicyLearner)`; one actor per data-parallel rank.
 
@@ -27,7 +31,7 @@ class PolicyLearner:
             With more than one, call `init_process_group` on every rank (the address from
             rank 0's `rendezvous_address`) before the first update.
         seed: torch seed, set before the models load.
-        dtype: policy weights dtype.
+        dtype: weights dtype of the policy and the critic.
     """
 
     def __init__(
@@ -56,8 +60,10 @@ class PolicyLearner:
         if critic_path is not None:
             from transformers import AutoModelForTokenClassification
 
+            from rayalign.models.loading import DTYPES
+
             self.critic = AutoModelForTokenClassification.from_pretrained(
-                critic_path, num_labels=1
+                critic_path, num_labels=1, dtype=DTYPES[dtype]
             ).to(self.device)
             self.critic.config.pad_token_id = self.pad_id
             self.critic_optimizer = torch.optim.AdamW(
@@ -133,18 +139,33 @@ class PolicyLearner:
     def update(self, batch: TrainBatch) -> dict[str, float]:
         """PPO/GRPO update on this rank's shard: `rl.epochs` passes over minibatches.
 
-        The ratio is taken against the learner's own log-probs before the update
-        (pi_old); in async mode the loss is reweighted by the truncated ratio
-        pi_old / pi_behaviour (`rl.importance_cap`) for samples from a stale policy.
+        pi_old, the policy the ratio is taken against, is the sampling policy. With
+        `rl.old_logprobs` "sampling" (the default for one synchronous epoch) vLLM's
+        log-probs stand in for it and no extra forward pass runs; their gap to the
+        learner's own log-probs (`logprob_mismatch`) is read off the first minibatch's
+        forward, before any weight moves. With "recompute" (async, several epochs) one
+        no-grad pass gives pi_old, and in async mode the loss is reweighted by the
+        truncated ratio pi_old / pi_behaviour (`rl.importance_cap`) for samples from a
+        stale policy.
+
+        Raises:
+            LogprobMismatchError: vLLM's and the learner's log-probs of the same freshly
+                sampled tokens differ by more than `rl.max_logprob_mismatch` on average
+                (checked on every rank together, before the first optimizer step).
         """
         rl = self.rl
         shard = self._shard(batch)
-        old_logp = self.logprobs(shard.prompt_ids, shard.completion_ids, rl.temperature)
+        fresh = shard.fresh_rows()
         weights = None
-        if rl.async_mode:
-            weights = rl_math.truncated_importance_weights(
-                old_logp, shard.behaviour_logprobs, rl.importance_cap
-            )
+        if self.old_logprobs_mode() == "sampling":
+            old_logp, gap = shard.behaviour_logprobs, None
+        else:
+            old_logp = self.logprobs(shard.prompt_ids, shard.completion_ids, rl.temperature)
+            gap = self._mismatch(old_logp, shard, fresh)
+            if rl.async_mode:
+                weights = rl_math.truncated_importance_weights(
+                    old_logp, shard.behaviour_logprobs, rl.importance_cap
+                )
         metrics: dict[str, list[float]] = {}
         n = len(shard.prompt_ids)
         per_rank_mb = max(1, rl.minibatch_size // self.world_size)
@@ -153,13 +174,48 @@ class PolicyLearner:
             order = torch.randperm(n, generator=generator).tolist()
             for start in range(0, n, per_rank_mb):
                 idx = order[start : start + per_rank_mb]
-                mb = shard.select(idx)
                 step = self._minibatch_step(
-                    mb, old_logp[idx], None if weights is None else weights[idx]
+                    shard.select(idx),
+                    old_logp[idx],
+                    None if weights is None else weights[idx],
+                    gap,
+                    fresh[idx],
                 )
+                gap = step.pop("logprob_mismatch")
                 for k, v in step.items():
                     metrics.setdefault(k, []).append(v)
-        return {k: sum(v) / len(v) for k, v in metrics.items()}
+        out = {k: sum(v) / len(v) for k, v in metrics.items()}
+        out["logprob_mismatch"] = float("nan") if gap is None else gap
+        return out
+
+    def old_logprobs_mode(self) -> str:
+        """ "sampling" or "recompute": where pi_old comes from (`rl.old_logprobs`)."""
+        rl = self.rl
+        if rl.old_logprobs != "auto":
+            return rl.old_logprobs
+        return "sampling" if rl.epochs == 1 and not rl.async_mode else "recompute"
+
+    def _mismatch(self, learner_logp: torch.Tensor, mb: TrainBatch, fresh: torch.Tensor) -> float:
+        """Mean |learner - vLLM| log-prob over the fresh rows' tokens of every rank (NaN
+        when none is fresh); raises LogprobMismatchError past the configured bound."""
+        T = learner_logp.shape[1]
+        mask = mb.mask[:, :T] * fresh[:, None]
+        diff = (learner_logp.detach() - mb.behaviour_logprobs[:, :T]).abs() * mask
+        totals = torch.stack([diff.sum(), mask.sum()]).double()
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+        if totals[1] == 0:
+            return float("nan")
+        gap = (totals[0] / totals[1]).item()
+        if gap > self.rl.max_logprob_mismatch:
+            raise LogprobMismatchError(
+                f"vLLM and learner log-probs differ by {gap:.4f} on average on the same tokens "
+                f"(bound rl.max_logprob_mismatch={self.rl.max_logprob_mismatch}); the weight sync "
+                "is broken or the engines disagree numerically"
+            )
+        return gap
 
     def _policy_forward(self, mb: TrainBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs [B, T] of the minibatch's completions (with grad) and, when the entropy
@@ -169,20 +225,28 @@ class PolicyLearner:
         input_ids, attention, cmask = pad_sequences(mb.prompt_ids, mb.completion_ids, self.pad_id)
         input_ids = input_ids.to(self.device)
         logits = self.policy(input_ids=input_ids, attention_mask=attention.to(self.device)).logits
-        logits = logits / self.rl.temperature
+        t = self.rl.temperature
         lengths = [len(c) for c in mb.completion_ids]
-        logp = gather_completions(token_logprobs(logits, input_ids).cpu(), cmask, lengths)
+        logp = gather_completions(token_logprobs(logits, input_ids, t).cpu(), cmask, lengths)
         entropy = None
         if self.rl.entropy_coef:
-            per_position = rl_math.entropy_from_logits(logits[:, :-1]).cpu()
+            per_position = rl_math.entropy_from_logits(logits[:, :-1] / t).cpu()
             entropy = gather_completions(per_position, cmask, lengths)
         return logp, entropy
 
     def _policy_loss(
-        self, mb: TrainBatch, old_logp: torch.Tensor, weights: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Clipped surrogate + entropy bonus + in-loss KL (`rl.kl_in: loss`), with metrics."""
+        self,
+        mb: TrainBatch,
+        old_logp: torch.Tensor,
+        weights: torch.Tensor | None,
+        shares: tuple[float, float],
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Clipped surrogate + entropy bonus + in-loss KL (`rl.kl_in: loss`) of one
+        micro-batch, scaled by its (sequence, token) shares of the minibatch so that the
+        micro-batches' gradients add up to the minibatch's. Returns the scaled loss, the
+        micro-batch's unscaled metrics and its log-probs."""
         rl = self.rl
+        seq_share, token_share = shares
         logp, entropy = self._policy_forward(mb)
         T = logp.shape[1]
         mask = mb.mask[:, :T]
@@ -197,48 +261,91 @@ class PolicyLearner:
             rl.aggregation,
             None if weights is None else weights[:, :T],
         )
+        loss = loss * (token_share if rl.aggregation == "token_mean" else seq_share)
         if entropy is not None:
             bonus, bonus_metrics = rl_math.entropy_bonus(entropy, mask, rl.entropy_coef)
-            loss = loss + bonus
+            loss = loss + bonus * token_share
             metrics.update(bonus_metrics)
         if rl.kl_in == "loss" and rl.kl_coef and mb.ref_logprobs is not None:
             kl, kl_metrics = rl_math.kl_loss_term(
                 logp, mb.ref_logprobs[:, :T], mask, rl.kl_coef, rl.kl_estimator
             )
-            loss = loss + kl
+            loss = loss + kl * token_share
             metrics.update(kl_metrics)
-        return loss, metrics
+        return loss, metrics, logp
+
+    def _micro_batches(self, mb: TrainBatch):
+        """(rows, (sequence share, token share)) of each `rl.micro_batch_size` slice of `mb`."""
+        n = len(mb.prompt_ids)
+        size = self.rl.micro_batch_size or n
+        tokens = float(mb.mask.sum().clamp(min=1.0))
+        for start in range(0, n, size):
+            rows = list(range(start, min(n, start + size)))
+            yield rows, (len(rows) / n, float(mb.mask[rows].sum()) / tokens)
 
     def _minibatch_step(
-        self, mb: TrainBatch, old_logp: torch.Tensor, weights: torch.Tensor | None
+        self,
+        mb: TrainBatch,
+        old_logp: torch.Tensor,
+        weights: torch.Tensor | None,
+        gap: float | None,
+        fresh: torch.Tensor,
     ) -> dict[str, float]:
-        loss, metrics = self._policy_loss(mb, old_logp, weights)
+        """One optimizer step on `mb`, its gradient accumulated over micro-batches. With
+        `gap` None (pi_old from sampling, first minibatch) the forward's log-probs are
+        checked against vLLM's before the step; the gap is returned as logprob_mismatch."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        metrics: dict[str, float] = {"policy_loss": 0.0}
+        check = gap is None
+        seen: list[tuple[torch.Tensor, list[int]]] = []
+        for rows, shares in self._micro_batches(mb):
+            micro = mb.select(rows)
+            loss, micro_metrics, logp = self._policy_loss(
+                micro, old_logp[rows], None if weights is None else weights[rows], shares
+            )
+            loss.backward()
+            metrics["policy_loss"] += loss.item()
+            for k, v in micro_metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + v * shares[1]
+            if check:
+                seen.append((logp.detach(), rows))
+        if check:
+            width = max(lp.shape[1] for lp, _ in seen)
+            learner = torch.zeros(len(mb.prompt_ids), width)
+            for lp, rows in seen:
+                learner[rows, : lp.shape[1]] = lp
+            gap = self._mismatch(learner, mb, fresh)
         self._allreduce_grads(self.policy)
         metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0).item()
         self.optimizer.step()
-        metrics["policy_loss"] = loss.item()
         if self.critic is not None and mb.returns is not None:
             metrics.update(self._critic_step(mb))
+        metrics["logprob_mismatch"] = gap
         return metrics
 
     def _critic_step(self, mb: TrainBatch) -> dict[str, float]:
-        values = self._values(mb.prompt_ids, mb.completion_ids)
-        T = values.shape[1]
-        vloss, metrics = rl_math.value_loss(
-            values,
-            mb.old_values[:, :T],
-            mb.returns[:, :T],
-            mb.mask[:, :T],
-            self.rl.value_clip_eps,
-        )
+        """One critic optimizer step on `mb`, accumulated over micro-batches."""
         self.critic_optimizer.zero_grad(set_to_none=True)
-        (self.rl.value_coef * vloss).backward()
+        metrics: dict[str, float] = {"value_loss": 0.0}
+        for rows, (_, token_share) in self._micro_batches(mb):
+            micro = mb.select(rows)
+            values = self._values(micro.prompt_ids, micro.completion_ids)
+            T = values.shape[1]
+            vloss, micro_metrics = rl_math.value_loss(
+                values,
+                micro.old_values[:, :T],
+                micro.returns[:, :T],
+                micro.mask[:, :T],
+                self.rl.value_clip_eps,
+            )
+            (self.rl.value_coef * vloss * token_share).backward()
+            metrics["value_loss"] += vloss.item() * token_share
+            for k, v in micro_metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + v * token_share
         self._allreduce_grads(self.critic)
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), 1.0)
         self.critic_optimizer.step()
-        return {**metrics, "value_loss": vloss.item()}
+        return metrics
 
     # -- weights and checkpoints ----------------------------------------------
     def export_weights(self) -> dict[str, torch.Tensor]:

@@ -14,16 +14,20 @@ def build_pool(
     rollout: RolloutConfig | None = None,
     seed: int = 0,
     target: Callable[[], int | None] | None = None,
+    dtype: str = "float32",
 ) -> RolloutPool:
-    """A RolloutPool of GenerationWorkers serving `model_path`, placed as `rollout` says;
-    `target` (the RL run controller's wanted size) lets it grow or shrink while running."""
+    """A RolloutPool of GenerationWorkers serving `model_path` in `dtype`, placed as
+    `rollout` says; `target` (the RL run controller's wanted size) lets it grow or shrink
+    while running."""
     from actors.generation_worker import remote_generation_worker
 
     r = rollout or RolloutConfig()
     cls = remote_generation_worker(r.cpus_per_worker, r.gpus_per_worker, r.custom_resources)
 
     def make(name: str):
-        return cls.remote(model_path, name=name, max_model_len=r.max_model_len, seed=seed)
+        return cls.remote(
+            model_path, name=name, max_model_len=r.max_model_len, seed=seed, dtype=dtype
+        )
 
     return RolloutPool(make, r.num_workers, r.chunk_size, target=target)
 

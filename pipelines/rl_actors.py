@@ -68,6 +68,7 @@ def build_actors(config: PPOStageConfig, state: RunState) -> RLActors:
         config.rollout,
         seed=config.run.seed,
         target=lambda: ray.get(controller.get_rollout_workers.remote()),
+        dtype=config.model.dtype,
     )
     return RLActors(
         pool=pool,
@@ -95,7 +96,9 @@ def build_reference(config: PPOStageConfig) -> Any:
     cls = ray.remote(
         num_cpus=a.num_cpus, num_gpus=a.num_gpus, resources=a.custom_resources or None
     )(ReferencePolicy)
-    return cls.remote(config.reference or config.model.name_or_path, dtype=a.dtype)
+    return cls.remote(
+        config.reference or config.model.name_or_path, dtype=a.dtype or config.model.dtype
+    )
 
 
 def critic_path(config: PPOStageConfig, state: RunState) -> str | None:

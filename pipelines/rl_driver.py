@@ -4,6 +4,11 @@ One step reads like the algorithm:
 
     generate -> score -> reference log-probs -> advantages -> update -> sync weights
 
+No pass is wasted: the reference runs only when there is a KL term, pi_old is the
+sampling policy's log-probs (the learner checks them against its own on the update's
+first forward pass), and with `rl.drop_uniform_groups` the groups with zero advantage
+leave the batch before the reference and the update see it.
+
 The driver moves data between actors (`RLActors`) and does only light tensor math
 (`rayalign.rl_math`); building the actors, checkpoints, metrics and autoscaling live in
 the sibling `rl_*` modules.
@@ -31,10 +36,6 @@ from rayalign.rewards import exact_match_reward
 from rayalign.rl_config import PPOStageConfig
 
 
-class LogprobMismatchError(RuntimeError):
-    """vLLM's sampling log-probs and the learner's disagree: the weight sync is broken."""
-
-
 @dataclass
 class Rollouts:
     """One step's samples, flattened (prompt-major, `group_size` per prompt)."""
@@ -56,6 +57,13 @@ class Rollouts:
     @property
     def token_ids(self) -> tuple[list[list[int]], list[list[int]]]:
         return [s.prompt_ids for s in self.samples], [s.completion_ids for s in self.samples]
+
+    def select(self, idx: list[int]) -> Rollouts:
+        return Rollouts(
+            [self.samples[i] for i in idx],
+            [self.prompts[i] for i in idx],
+            [self.ground_truths[i] for i in idx],
+        )
 
 
 @dataclass
@@ -132,34 +140,28 @@ class RLDriver:
                 scored.components.setdefault(k, torch.zeros(len(ro.samples)))[idx] = v
         return scored
 
-    def check_logprobs(self, ro: Rollouts, behaviour: torch.Tensor, mask: torch.Tensor) -> float:
-        """Mean |vLLM - learner| log-prob gap on tokens sampled with the learner's current weights."""
-        fresh = [i for i, s in enumerate(ro.samples) if s.weight_version == self.version]
-        if not fresh:
-            return float("nan")
-        learner = ray.get(
-            self.actors.learners[0].logprobs.remote(
-                [ro.samples[i].prompt_ids for i in fresh],
-                [ro.samples[i].completion_ids for i in fresh],
-                self.rl.temperature,
-            )
-        )
-        T = learner.shape[1]
-        gap = rl_math.masked_mean(
-            (learner - behaviour[fresh][:, :T]).abs(), mask[fresh][:, :T]
-        ).item()
-        if gap > self.rl.max_logprob_mismatch:
-            raise LogprobMismatchError(
-                f"step {self.version}: vLLM and learner log-probs differ by {gap:.4f} on average on the same tokens "
-                f"(bound rl.max_logprob_mismatch={self.rl.max_logprob_mismatch}); the weight sync is broken or the "
-                "engines disagree numerically"
-            )
-        return gap
-
-    def reference_logprobs(self, ro: Rollouts, width: int) -> torch.Tensor:
-        """The frozen reference's log-probs [B, width] of the sampled tokens."""
+    def reference_logprobs(self, ro: Rollouts, width: int) -> torch.Tensor | None:
+        """The frozen reference's log-probs [B, width] of the sampled tokens; None (no
+        pass) when the KL coefficient is 0."""
+        if not self.rl.kl_coef:
+            return None
         ref = self.actors.reference.logprobs.remote(*ro.token_ids, self.rl.temperature)
         return ray.get(ref)[:, :width]
+
+    def drop_uniform_groups(
+        self, ro: Rollouts, scores: torch.Tensor
+    ) -> tuple[Rollouts, torch.Tensor, dict[str, float]]:
+        """DAPO's dynamic sampling: the groups whose rewards are all equal (their advantages
+        are all zero) leave the batch; `dropped_groups` counts them."""
+        if not self.rl.drop_uniform_groups:
+            return ro, scores, {}
+        kept = rl_math.informative_groups(scores, self.rl.group_size)
+        groups = len(scores) // self.rl.group_size
+        metrics = {"dropped_groups": float(groups - int(kept.sum()))}
+        if bool(kept.all()):
+            return ro, scores, metrics
+        rows = kept.repeat_interleave(self.rl.group_size).nonzero().flatten().tolist()
+        return ro.select(rows), scores[rows], metrics
 
     def advantages(
         self,
@@ -167,12 +169,15 @@ class RLDriver:
         scores: torch.Tensor,
         mask: torch.Tensor,
         behaviour: torch.Tensor,
-        ref_lp: torch.Tensor,
+        ref_lp: torch.Tensor | None,
     ) -> tuple[Advantages, dict[str, float]]:
         """PPO: GAE on the critic's values and KL-penalised token rewards, whitened.
         GRPO / RLOO: one group-relative advantage per sequence, on every token."""
-        kl = rl_math.kl_estimate(behaviour, ref_lp, self.rl.kl_estimator) * mask
-        metrics = {"kl": rl_math.masked_mean(kl, mask).item()}
+        kl = None
+        metrics = {"kl": float("nan")}
+        if ref_lp is not None:
+            kl = rl_math.kl_estimate(behaviour, ref_lp, self.rl.kl_estimator) * mask
+            metrics["kl"] = rl_math.masked_mean(kl, mask).item()
         if self.rl.algorithm == "ppo":
             kl_in_reward = kl if self.rl.kl_in == "reward" else None
             token_r = rl_math.token_rewards(scores, mask, kl_in_reward, self.rl.kl_coef)
@@ -198,14 +203,24 @@ class RLDriver:
         self.actors.pool.load_weights(weights, self.version)
 
     def train_step(self, ro: Rollouts, timings: dict[str, float]) -> dict[str, float]:
-        """score -> reference log-probs -> advantages -> update (the caller syncs weights)."""
+        """score -> reference log-probs -> advantages -> update (the caller syncs weights).
+        Returns the step's metrics, with `updated` 0.0 when no group was left to learn from."""
         scored = _timed(timings, "score", self.score, ro)
         metrics = {f"reward/{k}": v.mean().item() for k, v in scored.components.items()}
+        metrics.update(
+            reward=scored.rewards.mean().item(),
+            samples=float(len(ro.samples)),
+            tokens=float(sum(len(s.completion_ids) for s in ro.samples)),
+        )
+        ro, scores, dropped = self.drop_uniform_groups(ro, scored.rewards)
+        metrics.update(dropped)
+        if not ro.samples:
+            nan = float("nan")
+            return {**metrics, "updated": 0.0, "kl": nan, "logprob_mismatch": nan}
         mask = ro.mask
         behaviour = ro.padded([s.logprobs for s in ro.samples])
-        metrics["logprob_mismatch"] = self.check_logprobs(ro, behaviour, mask)
         ref_lp = _timed(timings, "reference", self.reference_logprobs, ro, mask.shape[1])
-        adv, adv_metrics = self.advantages(ro, scored.rewards, mask, behaviour, ref_lp)
+        adv, adv_metrics = self.advantages(ro, scores, mask, behaviour, ref_lp)
         prompt_ids, completion_ids = ro.token_ids
         batch = TrainBatch(
             prompt_ids=prompt_ids,
@@ -216,14 +231,10 @@ class RLDriver:
             ref_logprobs=ref_lp,
             returns=adv.returns,
             old_values=adv.values,
+            fresh=torch.tensor([s.weight_version == self.version for s in ro.samples]),
         )
         metrics.update(_timed(timings, "update", self.update, batch))
-        metrics.update(
-            adv_metrics,
-            reward=scored.rewards.mean().item(),
-            tokens=float(mask.sum()),
-            samples=float(len(ro.samples)),
-        )
+        metrics.update(adv_metrics, updated=1.0)
         return metrics
 
     # -- evaluation -----------------------------------------------------------
@@ -286,7 +297,8 @@ class RLDriver:
         metrics = self.train_step(ro, timings)
         # The pool must be idle before new weights load into it.
         ahead = future.result() if future is not None else None
-        _timed(timings, "sync", self.sync_weights)
+        if metrics["updated"]:
+            _timed(timings, "sync", self.sync_weights)
         done = step + 1
         if done % self.rl.eval_steps == 0 or done == self.rl.steps:
             evaluation = self.evaluate()

@@ -169,7 +169,9 @@ def sample_policy(config: SafetyStageConfig, prompts: list[list[dict]]) -> list[
     from pipelines.policy_sampling import build_pool, sample_texts
 
     s = config.sampling
-    pool = build_pool(config.model.name_or_path, config.rollout, seed=config.run.seed)
+    pool = build_pool(
+        config.model.name_or_path, config.rollout, seed=config.run.seed, dtype=config.model.dtype
+    )
     try:
         return sample_texts(
             pool,

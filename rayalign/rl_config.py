@@ -69,8 +69,8 @@ class RewardsConfig(Strict):
 class ReferenceActorConfig(Strict):
     num_cpus: float = Field(0.5, gt=0, description="Logical CPUs of the ReferencePolicy actor.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs of the ReferencePolicy actor.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype of the frozen reference; bfloat16 on GPUs."
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="Weights dtype of the frozen reference; default: model.dtype."
     )
     custom_resources: dict[str, float] = Field(
         default_factory=dict,
@@ -106,6 +106,30 @@ class RLConfig(Strict):
     epochs: int = Field(1, ge=1, description="Passes over each step's batch.")
     minibatch_size: int = Field(
         16, ge=1, description="Sequences per optimizer step (all learners together)."
+    )
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Sequences per forward/backward pass on each learner; gradients accumulate over "
+            "a minibatch's micro-batches. Default: the whole minibatch at once."
+        ),
+    )
+    old_logprobs: Literal["auto", "sampling", "recompute"] = Field(
+        "auto",
+        description=(
+            "Where the ratio's pi_old comes from: the sampling log-probs vLLM returned (no "
+            "extra pass; exact when learner and vLLM agree, as the mismatch gate checks) or a "
+            "no-grad learner pass before the update (verl's recompute, for bf16 engines whose "
+            "numerics differ). auto: sampling for one synchronous epoch, else recompute."
+        ),
+    )
+    drop_uniform_groups: bool = Field(
+        False,
+        description=(
+            "GRPO/RLOO: leave groups whose rewards are all equal (zero advantage) out of the "
+            "update, as DAPO's dynamic sampling does; logged as dropped_groups."
+        ),
     )
     clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip.")
     clip_eps_high: float | None = Field(
@@ -181,6 +205,8 @@ class PPOStageConfig(Strict):
     def _consistent(self) -> PPOStageConfig:
         if self.rl.algorithm in ("grpo", "rloo") and self.rl.group_size < 2:
             raise ValueError(f"rl.group_size must be >= 2 for {self.rl.algorithm}")
+        if self.rl.drop_uniform_groups and self.rl.algorithm == "ppo":
+            raise ValueError("rl.drop_uniform_groups is for grpo/rloo (groups of samples), not ppo")
         if (
             self.rollout.autoscale
             and self.rollout.autoscale.min_workers > self.rollout.autoscale.max_workers

@@ -217,6 +217,16 @@ def grpo_advantages(
     return centred.reshape(-1)
 
 
+def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[B] rewards -> [B / group_size] bool: True for groups whose rewards are not all equal.
+
+    A group with equal rewards gets zero advantage from GRPO and RLOO alike; DAPO's dynamic
+    sampling leaves such groups out of the update.
+    """
+    grouped = rewards.view(-1, group_size)
+    return (grouped != grouped[:, :1]).any(-1)
+
+
 def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """REINFORCE leave-one-out: r_i - mean of the other samples of the same prompt. [B] -> [B]."""
     if group_size < 2:

@@ -144,8 +144,13 @@ class StandInLearner:
                 "update", self.rank, self.version, sorted(sampled), batch.advantages.tolist()
             )
         )
+        # The real learner's gate: its own log-probs against vLLM's on the fresh samples.
+        fresh = batch.fresh_rows().bool()
+        gap = float("nan")
+        if fresh.any():
+            gap = (batch.behaviour_logprobs[fresh, 0] - logprob_at(self.version)).abs().max().item()
         self.version += 1
-        return {"policy_loss": float(self.rank)}
+        return {"policy_loss": float(self.rank), "logprob_mismatch": gap}
 
     def export_weights(self) -> dict[str, torch.Tensor]:
         return {"w": torch.full((1,), float(self.version))}

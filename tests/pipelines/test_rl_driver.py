@@ -18,7 +18,8 @@ from rayalign.registry import Registry
 from rayalign.rl_config import PPOStageConfig
 from tests.pipelines.rl_stand_ins import Recorder, stand_in_actors
 
-STEP_ORDER = ["generate", "score", "learner_logprobs", "reference", "advantages", "update", "sync"]
+# No learner pass of its own for pi_old or the mismatch gate: the update does both.
+STEP_ORDER = ["generate", "score", "reference", "advantages", "update", "sync"]
 
 
 @pytest.fixture()
@@ -122,3 +123,24 @@ def test_two_learners_meet_at_rank_0s_address_and_resume(recorder, tmp_path):
     assert [r["step"] for r in _rows(config)] == [3, 4]
     assert [e[1] for e in events if e[0] == "sync"] == [3, 4]
     assert json.loads((config.run_dir / "state.json").read_text())["step"] == 4
+
+
+def test_no_reference_pass_without_a_kl_term(recorder, tmp_path):
+    config = _config(tmp_path, "nokl", steps=2, group_size=2, kl_coef=0.0)
+    _, events = _run(config, recorder)
+    names = {e[0] for e in events}
+    assert "update" in names and "reference" not in names
+    assert all(r["kl"] != r["kl"] for r in _rows(config))  # NaN: not measured
+
+
+def test_groups_with_equal_rewards_leave_the_update(recorder, tmp_path):
+    config = _config(tmp_path, "dapo", steps=2, group_size=2, drop_uniform_groups=True)
+    _, events = _run(config, recorder)
+    # Prompt i's two completions have 1 + i % 3 and 1 + (i + 1) % 3 tokens and odd lengths
+    # score 1: prompt 2's group scores (1, 1), the other three groups (1, 0) or (0, 1).
+    updates = [e for e in events if e[0] == "update"]
+    assert [len(e[4]) for e in updates] == [6, 6]
+    assert all(abs(row[0]) > 0.5 for e in updates for row in e[4])  # only +-1 advantages left
+    rows = _rows(config)
+    assert [r["dropped_groups"] for r in rows] == [1.0, 1.0]
+    assert all(r["samples"] == 8 for r in rows)

@@ -200,3 +200,12 @@ def test_kl_loss_term_hand_computed():
     assert term.item() == pytest.approx(0.5 * mean)
     term1, _ = M.kl_loss_term(logp, ref, mask, coef=1.0, kind="k1")
     assert term1.item() == pytest.approx((math.log(2) + math.log(0.5)) / 2)
+
+
+def test_informative_groups_are_those_with_unequal_rewards():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.25])
+    assert M.informative_groups(rewards, 2).tolist() == [False, True, False, True]
+    # Zero advantage exactly where a group is uninformative, for GRPO and RLOO alike.
+    zero = M.grpo_advantages(rewards, 2).view(-1, 2).abs().sum(-1) == 0
+    assert (~M.informative_groups(rewards, 2)).tolist() == zero.tolist()
+    assert (M.rloo_advantages(rewards, 2).view(-1, 2).abs().sum(-1) == 0).tolist() == zero.tolist()
