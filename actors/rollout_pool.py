@@ -98,12 +98,15 @@ class RolloutPool:
         return len(self.workers)
 
     # -- weights ----------------------------------------------------------
-    def load_weights(self, weights: dict, version: int) -> None:
+    def load_weights(self, weights: dict | ray.ObjectRef, version: int) -> None:
         """Push new policy weights to every worker (one object-store copy for all).
 
+        `weights` is a state dict or, better, the ObjectRef of the learner's
+        `export_weights` call: the workers then read the learner's copy from the object
+        store and the tensors never pass through this process.
         A worker that died meanwhile is replaced; its replacement starts on these weights.
         """
-        self.weights_ref = ray.put(weights)
+        self.weights_ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
         self.weight_version = version
         refs = {
             name: w.load_weights.remote(self.weights_ref, version)

@@ -16,15 +16,17 @@ EXTENSION_CLS = "actors.weight_sync.WeightSyncExtension"
 
 
 def export_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of a model's parameters and buffers, keyed by HF names.
+    """A model's parameters and buffers on the CPU, detached, keyed by HF names.
+
+    CPU tensors are not copied: whoever receives them copies once (Ray when it stores an
+    actor method's return value, vLLM's loader into its own parameters), and neither
+    holds on to them past the next update.
 
     `lm_head.weight` is always included, tied or not: vLLM's CPU backend keeps a
     repacked copy of the LM head, which an in-place reload of the embeddings alone
     leaves stale (verified: greedy outputs diverge from transformers without it).
     """
-    out = {
-        name: t.detach().to("cpu", copy=True).contiguous() for name, t in model.state_dict().items()
-    }
+    out = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     if "lm_head.weight" not in out and getattr(model.config, "tie_word_embeddings", False):
         out["lm_head.weight"] = out["model.embed_tokens.weight"]
     return out

@@ -199,8 +199,8 @@ class RLDriver:
 
     def sync_weights(self) -> None:
         self.version += 1
-        weights = ray.get(self.actors.learners[0].export_weights.remote())
-        self.actors.pool.load_weights(weights, self.version)
+        # Learner -> object store -> workers: the driver passes the reference on only.
+        self.actors.pool.load_weights(self.actors.learners[0].export_weights.remote(), self.version)
 
     def train_step(self, ro: Rollouts, timings: dict[str, float]) -> dict[str, float]:
         """score -> reference log-probs -> advantages -> update (the caller syncs weights).
