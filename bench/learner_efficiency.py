@@ -3,11 +3,12 @@ achieves, as a fraction of this machine's measured matmul FLOP/s (the physical l
 
 The learner is `actors.policy_learner.PolicyLearner` run in-process (one rank) on a
 synthetic GRPO batch of fixed shape; the update is what the RL driver calls every step:
-one no-grad pass for pi_old, then a forward and backward pass per minibatch.
+a forward and backward pass per minibatch, pi_old being the sampling log-probs (one
+synchronous epoch, `rl.old_logprobs: auto`).
 
-FLOPs counted per token: 2 x N (no-grad forward) + 6 x N (forward and backward) with N
-the matmul parameters (every linear layer including the LM head; embeddings excluded),
-plus the attention score and value products (4 x S x d per layer, x3 with backward).
+FLOPs counted per token: 6 x N (forward and backward) with N the matmul parameters (every
+linear layer including the LM head; embeddings excluded), plus the attention score and
+value products (4 x S x d per layer, x3 with backward).
 
     python -m bench.learner_efficiency [--presets tiny,small,medium] [--batch 32]
 """
@@ -33,16 +34,20 @@ def matmul_params(model: torch.nn.Module) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def synthetic_batch(vocab: int, batch: int, prompt_len: int, completion_len: int):
+def synthetic_batch(learner, batch: int, prompt_len: int, completion_len: int):
+    """Random tokens, with behaviour log-probs the learner's own (as vLLM's are, up to the
+    mismatch the update checks)."""
     from actors.batches import TrainBatch
 
     g = torch.Generator().manual_seed(0)
+    vocab = learner.policy.config.vocab_size
     ids = torch.randint(4, vocab, (batch, prompt_len + completion_len), generator=g).tolist()
+    prompts, completions = [row[:prompt_len] for row in ids], [row[prompt_len:] for row in ids]
     return TrainBatch(
-        prompt_ids=[row[:prompt_len] for row in ids],
-        completion_ids=[row[prompt_len:] for row in ids],
+        prompt_ids=prompts,
+        completion_ids=completions,
         mask=torch.ones(batch, completion_len),
-        behaviour_logprobs=torch.full((batch, completion_len), -2.0),
+        behaviour_logprobs=learner.logprobs(prompts, completions),
         advantages=torch.randn(batch, completion_len, generator=g),
     )
 
@@ -54,14 +59,15 @@ def measure(preset: str, batch: int, prompt_len: int, completion_len: int) -> di
     rl = RLConfig(learning_rate=1e-6, minibatch_size=min(16, batch), value_clip_eps=None)
     learner = PolicyLearner(model_dir(preset), rl)
     cfg = learner.policy.config
-    data = synthetic_batch(cfg.vocab_size, batch, prompt_len, completion_len)
+    data = synthetic_batch(learner, batch, prompt_len, completion_len)
+    # A learning rate this small keeps the policy within the mismatch gate over the repeats.
     learner.update(data)  # warm-up
     seconds, _ = timed(lambda: learner.update(data))
     seq = prompt_len + completion_len
     tokens = batch * seq
     n = matmul_params(learner.policy)
     attention = 4 * seq * cfg.num_attention_heads * cfg.head_dim * cfg.num_hidden_layers
-    flops = tokens * ((2 * n + attention) + 3 * (2 * n + attention))
+    flops = tokens * 3 * (2 * n + attention)
     return {
         "preset": preset,
         "matmul_params": n,

@@ -32,7 +32,7 @@ ABOUT = {
     "`ray.serve.llm`'s default initialisation of the same configs.",
     "offline_overhead": "rayalign's stage on Ray Train against the same TRL trainer run "
     "directly (end-to-end and train-loop samples/s), and two workers against one.",
-    "learner_efficiency": "The RL learner's update (pi_old pass + forward/backward): training "
+    "learner_efficiency": "The RL learner's update (forward/backward; pi_old from sampling): training "
     "tokens/s and achieved FLOP/s as a fraction of measured float32 matmul FLOP/s.",
 }
 
