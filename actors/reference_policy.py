@@ -45,3 +45,6 @@ class ReferencePolicy:
         ]
         width = max(p.shape[1] for p in parts)
         return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+
+    # The name the RL driver calls (a colocated learner answers as the reference too).
+    reference_logprobs = logprobs

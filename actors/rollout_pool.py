@@ -40,10 +40,14 @@ class RolloutPool:
     Args:
         make_worker: `make_worker(name) -> actor handle` builds a GenerationWorker
             with the initial policy (resources and engine options bound in).
-        num_workers: initial pool size.
+        num_workers: initial pool size, anchors included.
         chunk_size: prompts per work item; smaller chunks rebalance and rescale sooner.
         target: optional `() -> int | None` polled between chunks (the run controller's
             requested size), so a running step can grow or shrink the pool.
+        anchors: workers the pool samples with but does not own, by name: colocated
+            learner ranks (`ColocatedWorker`). They are never removed, replaced or
+            killed by the pool, and load new weights from their own learner
+            (`sync_local`) instead of from the object store.
     """
 
     def __init__(
@@ -52,43 +56,55 @@ class RolloutPool:
         num_workers: int = 1,
         chunk_size: int = 8,
         target: Callable[[], int | None] | None = None,
+        anchors: dict[str, Any] | None = None,
     ) -> None:
-        if num_workers < 1:
+        self.anchors = dict(anchors or {})
+        if max(num_workers, len(self.anchors)) < 1:
             raise ValueError("a rollout pool needs at least one worker")
         self._make = make_worker
         self._names = (f"gen-{i}" for i in itertools.count())
         self.chunk_size = chunk_size
         self._target = target
         self.weights_ref: ray.ObjectRef | None = None
+        self._export: Callable[[], ray.ObjectRef] | None = None
         self.weight_version = 0
-        self.workers: dict[str, Any] = {}
+        self.workers: dict[str, Any] = dict(self.anchors)
         self.stats = PoolStats()
-        self._add(num_workers)
+        self._add(max(0, num_workers - len(self.anchors)))
 
     # -- membership -------------------------------------------------------
     def _add(self, count: int) -> None:
+        if count <= 0:
+            return
         new = {next(self._names): None for _ in range(count)}
         for name in new:
             new[name] = self._make(name)
-        if self.weights_ref is not None:  # a new worker takes the current policy before any work
-            ray.get(
-                [w.load_weights.remote(self.weights_ref, self.weight_version) for w in new.values()]
-            )
+        weights = self._current_weights()
+        if weights is not None:  # a new worker takes the current policy before any work
+            ray.get([w.load_weights.remote(weights, self.weight_version) for w in new.values()])
         else:
             ray.get([w.ping.remote() for w in new.values()])
         self.workers.update(new)
+
+    def _current_weights(self) -> ray.ObjectRef | None:
+        """The current policy's weights in the object store (exported on first need)."""
+        if self.weights_ref is None and self._export is not None:
+            self.weights_ref = self._export()
+        return self.weights_ref
 
     def _remove(self, name: str) -> None:
         ray.kill(self.workers.pop(name), no_restart=True)
 
     def scale_to(self, n: int, busy: set[str] = frozenset()) -> None:
-        """Grow or shrink to `n` workers. Busy workers are removed last (idle ones first)."""
+        """Grow or shrink to `n` workers (never below the anchors). Busy workers are
+        removed last (idle ones first)."""
         if n < 1:
             raise ValueError("a rollout pool needs at least one worker")
+        n = max(n, len(self.anchors))
         if n > len(self.workers):
             self._add(n - len(self.workers))
         while len(self.workers) > n:
-            idle = [name for name in self.workers if name not in busy]
+            idle = [name for name in self.workers if name not in busy and name not in self.anchors]
             if not idle:
                 break
             self._remove(idle[-1])
@@ -98,18 +114,29 @@ class RolloutPool:
         return len(self.workers)
 
     # -- weights ----------------------------------------------------------
-    def load_weights(self, weights: dict | ray.ObjectRef, version: int) -> None:
+    def load_weights(
+        self, weights: dict | ray.ObjectRef | Callable[[], ray.ObjectRef], version: int
+    ) -> None:
         """Push new policy weights to every worker (one object-store copy for all).
 
-        `weights` is a state dict or, better, the ObjectRef of the learner's
-        `export_weights` call: the workers then read the learner's copy from the object
-        store and the tensors never pass through this process.
+        `weights` is a state dict, the ObjectRef of the learner's `export_weights` call
+        (the workers then read the learner's copy and the tensors never pass through this
+        process) or a function giving that ref, called only if some worker needs it:
+        anchors load from their own learner in-process (`sync_local`).
         A worker that died meanwhile is replaced; its replacement starts on these weights.
         """
-        self.weights_ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
+        self._export = weights if callable(weights) else None
+        if callable(weights):
+            self.weights_ref = None
+        else:
+            self.weights_ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
         self.weight_version = version
         refs = {
-            name: w.load_weights.remote(self.weights_ref, version)
+            name: (
+                w.sync_local.remote(version)
+                if name in self.anchors
+                else w.load_weights.remote(self._current_weights(), version)
+            )
             for name, w in self.workers.items()
         }
         for name, ref in refs.items():
@@ -165,6 +192,11 @@ class RolloutPool:
         return [results[r.index] for r in requests]
 
     def _replace(self, name: str) -> None:
+        if name in self.anchors:
+            raise RuntimeError(
+                f"colocated worker {name} died: it held a learner rank, so the run stops here "
+                "(resume from its last checkpoint)"
+            )
         self.workers.pop(name, None)
         self.stats.replaced_workers += 1
         self._add(1)
@@ -178,5 +210,6 @@ class RolloutPool:
             self.scale_to(wanted, busy)
 
     def shutdown(self) -> None:
-        for name in list(self.workers):
+        """Kill the workers the pool owns (anchors belong to the run's learners)."""
+        for name in [n for n in self.workers if n not in self.anchors]:
             self._remove(name)

@@ -15,10 +15,11 @@ def build_pool(
     seed: int = 0,
     target: Callable[[], int | None] | None = None,
     dtype: str = "float32",
+    anchors: dict | None = None,
 ) -> RolloutPool:
     """A RolloutPool of GenerationWorkers serving `model_path` in `dtype`, placed as
     `rollout` says; `target` (the RL run controller's wanted size) lets it grow or shrink
-    while running."""
+    while running. `anchors` are colocated learner ranks sampling as workers too."""
     from actors.generation_worker import remote_generation_worker
 
     r = rollout or RolloutConfig()
@@ -29,7 +30,7 @@ def build_pool(
             model_path, name=name, max_model_len=r.max_model_len, seed=seed, dtype=dtype
         )
 
-    return RolloutPool(make, r.num_workers, r.chunk_size, target=target)
+    return RolloutPool(make, r.num_workers, r.chunk_size, target=target, anchors=anchors)
 
 
 def sample_texts(

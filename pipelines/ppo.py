@@ -6,7 +6,9 @@ One step reads like the algorithm (pipelines/rl_driver.py):
 
 The driver only moves data between actors (actors/): an elastic vLLM RolloutPool,
 RewardScorers, a frozen ReferencePolicy and data-parallel PolicyLearners, built from the
-config by pipelines/rl_actors.py. Run as `rayalign train ppo --config FILE`.
+config by pipelines/rl_actors.py, either colocated (learner, engine and reference in one
+process per learner rank, taking turns) or split (an actor per role). Run as
+`rayalign train ppo --config FILE`.
 """
 
 from __future__ import annotations

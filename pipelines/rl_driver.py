@@ -145,7 +145,7 @@ class RLDriver:
         pass) when the KL coefficient is 0."""
         if not self.rl.kl_coef:
             return None
-        ref = self.actors.reference.logprobs.remote(*ro.token_ids, self.rl.temperature)
+        ref = self.actors.reference.reference_logprobs.remote(*ro.token_ids, self.rl.temperature)
         return ray.get(ref)[:, :width]
 
     def drop_uniform_groups(
@@ -199,8 +199,9 @@ class RLDriver:
 
     def sync_weights(self) -> None:
         self.version += 1
-        # Learner -> object store -> workers: the driver passes the reference on only.
-        self.actors.pool.load_weights(self.actors.learners[0].export_weights.remote(), self.version)
+        # Colocated engines load from their own learner in-process; other workers read
+        # rank 0's export from the object store (exported only if one needs it).
+        self.actors.pool.load_weights(self.actors.learners[0].export_weights.remote, self.version)
 
     def train_step(self, ro: Rollouts, timings: dict[str, float]) -> dict[str, float]:
         """score -> reference log-probs -> advantages -> update (the caller syncs weights).

@@ -200,6 +200,17 @@ class PPOStageConfig(Strict):
     )
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Learners.")
     rl: RLConfig = Field(default_factory=RLConfig, description="Algorithm.")
+    placement: Literal["auto", "colocated", "split"] = Field(
+        "auto",
+        description=(
+            "colocated: each learner rank shares one process (its CPUs and GPU) with a vLLM "
+            "engine and, on rank 0, the reference; they take turns, each with all the "
+            "threads, and weights reach the engine in-process. split: one actor per role "
+            "(learner, reference, generation workers), for clusters and async mode. Rollout "
+            "workers beyond the colocated ones (rollout.num_workers, `rayalign scale`) join "
+            "as split workers in both. auto: colocated unless rl.async."
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PPOStageConfig:
@@ -212,7 +223,19 @@ class PPOStageConfig(Strict):
             and self.rollout.autoscale.min_workers > self.rollout.autoscale.max_workers
         ):
             raise ValueError("rollout.autoscale.min_workers must be <= max_workers")
+        if self.placement == "colocated" and self.rl.async_mode:
+            raise ValueError(
+                "rl.async overlaps generation with the update, which a colocated learner and "
+                "engine cannot do (they take turns): use placement: split"
+            )
         return self
+
+    @property
+    def colocated(self) -> bool:
+        """Whether learner ranks host the engines (placement, with auto resolved)."""
+        if self.placement == "auto":
+            return not self.rl.async_mode
+        return self.placement == "colocated"
 
     @property
     def run_dir(self) -> Path:

@@ -67,6 +67,33 @@ class StandInWorker:
 RemoteStandIn = ray.remote(num_cpus=0, max_restarts=0)(StandInWorker)
 
 
+class StandInColocated(StandInWorker):
+    """A ColocatedWorker: loads new weights from its own learner (`sync_local`)."""
+
+    def sync_local(self, version: int) -> int:
+        self.weight_version = version
+        return version
+
+
+@ray.remote(num_cpus=0)
+class Exporter:
+    """A learner's `export_weights`, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.version = 0
+
+    def set_version(self, version: int) -> None:
+        self.version = version
+
+    def export_weights(self) -> dict:
+        self.calls += 1
+        return {"w": self.version}
+
+    def count(self) -> int:
+        return self.calls
+
+
 def factory(**by_name: dict):
     """`make_worker(name)` for the pool: a stand-in with the options given for that name."""
     return lambda name: RemoteStandIn.remote(name, **by_name.get(name, {}))
@@ -154,3 +181,35 @@ def test_pool_grows_and_shrinks_while_generating(ray_local):
         pool.scale_to(0)
     pool.shutdown()
     assert pool.size == 0
+
+
+def test_colocated_anchor_syncs_in_place_and_is_never_scaled_away(ray_local):
+    anchor = ray.remote(num_cpus=0)(StandInColocated).remote("colocated-0")
+    learner = Exporter.remote()
+    pool = RolloutPool(factory(), num_workers=1, chunk_size=2, anchors={"colocated-0": anchor})
+    assert list(pool.workers) == ["colocated-0"]  # the anchor counts as the one worker
+
+    # Only the anchor: it loads from its own learner; nothing goes to the object store.
+    ray.get(learner.set_version.remote(1))
+    pool.load_weights(learner.export_weights.remote, version=1)
+    assert ray.get(learner.count.remote()) == 0
+    results = pool.generate(_requests(4), SAMPLING)
+    assert {s.weight_version for samples in results for s in samples} == {1}
+
+    # A worker added by scaling takes the current weights from one export.
+    pool.scale_to(2)
+    assert list(pool.workers) == ["colocated-0", "gen-0"] and ray.get(learner.count.remote()) == 1
+    ray.get(learner.set_version.remote(2))
+    pool.load_weights(learner.export_weights.remote, version=2)
+    assert ray.get(learner.count.remote()) == 2
+    results = pool.generate(_requests(8), SAMPLING)
+    assert {s.worker for samples in results for s in samples} == {"colocated-0", "gen-0"}
+    assert {s.weight_version for samples in results for s in samples} == {2}
+
+    # Shrinking never removes the anchor, even when only it is idle; shutdown leaves it.
+    pool.scale_to(1, busy={"gen-0"})
+    assert list(pool.workers) == ["colocated-0", "gen-0"]
+    pool.scale_to(1)
+    assert list(pool.workers) == ["colocated-0"]
+    pool.shutdown()
+    assert ray.get(anchor.ping.remote()) == "colocated-0"

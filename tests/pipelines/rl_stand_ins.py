@@ -103,6 +103,8 @@ class StandInReference:
         ray.get(self.recorder.record.remote("reference"))
         return _padded(completion_ids, -0.5)
 
+    reference_logprobs = logprobs
+
 
 class StandInLearner:
     """A PolicyLearner (same constructor) whose weight version counts its updates."""

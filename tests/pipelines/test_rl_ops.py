@@ -89,17 +89,22 @@ def _every_prompt_answered_once(config, rows):
     assert all(r["samples"] == config.rl.prompts_per_step * config.rl.group_size for r in rows)
 
 
-def test_scale_1_2_1_while_running(ray_local, tiny_model, arithmetic_data, runs_dir):
+@pytest.mark.parametrize("placement", ["colocated", "split"])
+def test_scale_1_2_1_while_running(ray_local, tiny_model, arithmetic_data, runs_dir, placement):
     import ray
 
     from actors.run_controller import find_controller
 
     # Steps take a fraction of a second here while a new vLLM worker takes ~10 s to start,
     # so scale down only once a step has really run on two workers; 16 steps leave room.
-    config = _config(tiny_model, arithmetic_data, runs_dir, "scale", "rl.steps=16")
+    # Colocated, the learner's own engine is the first worker and a split one joins it.
+    name = f"scale-{placement}"
+    config = _config(
+        tiny_model, arithmetic_data, runs_dir, name, "rl.steps=16", f"placement={placement}"
+    )
     thread, out = _run_in_thread(config)
     _wait_for_step(config, 1)
-    controller = find_controller("scale")
+    controller = find_controller(name)
     ray.get(controller.set_rollout_workers.remote(2))
     _wait_for_row(config, lambda r: r["rollout_workers_used"] == 2, "a step on two workers")
     ray.get(controller.set_rollout_workers.remote(1))
@@ -113,8 +118,19 @@ def test_scale_1_2_1_while_running(ray_local, tiny_model, arithmetic_data, runs_
     assert out["entry"].step == config.rl.steps
 
 
-def test_killed_generation_worker_mid_run(ray_local, tiny_model, arithmetic_data, runs_dir):
-    config = _config(tiny_model, arithmetic_data, runs_dir, "genkill")
+@pytest.mark.parametrize("placement", ["colocated", "split"])
+def test_killed_generation_worker_mid_run(
+    ray_local, tiny_model, arithmetic_data, runs_dir, placement
+):
+    # Two workers: colocated, the split one beside the learner's engine is the victim.
+    config = _config(
+        tiny_model,
+        arithmetic_data,
+        runs_dir,
+        f"genkill-{placement}",
+        f"placement={placement}",
+        "rollout.num_workers=2",
+    )
     thread, out = _run_in_thread(config)
     _wait_for_step(config, 2)
     victims = cluster_processes("GenerationWorker")

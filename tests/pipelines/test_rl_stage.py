@@ -36,10 +36,18 @@ def _metrics(config: PPOStageConfig) -> list[dict]:
     return [json.loads(x) for x in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_grpo_raises_heldout_accuracy(ray_local, sft_entry, easy_data, runs_dir):
+@pytest.mark.parametrize("placement", ["colocated", "split"])
+def test_grpo_raises_heldout_accuracy(ray_local, sft_entry, easy_data, runs_dir, placement):
     from pipelines.ppo import run_rl
 
-    config = _rl_config("grpo", Path(sft_entry.path), easy_data, runs_dir)
+    config = _rl_config(
+        "grpo",
+        Path(sft_entry.path),
+        easy_data,
+        runs_dir,
+        f"placement={placement}",
+        f"run.name=grpo-{placement}",
+    )
     before = sft_entry.metrics["heldout_accuracy"]  # the same greedy held-out measure
     entry = run_rl(config)
     after = entry.metrics["heldout_accuracy"]
