@@ -19,8 +19,9 @@ ABOUT = {
     "workers against HF `generate` on the same model and prompts.",
     "weight_sync": "Learner-to-worker weight sync (object store + vLLM `reload_weights`) "
     "against the bytes moved, next to a plain memory copy of the same bytes.",
-    "rl_step_phases": "Median seconds per RL step phase, synchronous against asynchronous "
-    "(one-step-stale) GRPO on the same model and prompts.",
+    "rl_step_phases": "Median seconds per RL step phase: synchronous GRPO colocated (learner, "
+    "reference and engine in one process) and split (an actor per role), and asynchronous "
+    "(one-step-stale, split) GRPO, on the same model and prompts.",
     "rl_vs_trl": "GRPO from the same SFT checkpoint, data and hyper-parameters: rayalign "
     "(synchronous and one-step-stale asynchronous) against `trl.GRPOTrainer`, every "
     "checkpoint scored by the same held-out evaluator.",

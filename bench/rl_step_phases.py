@@ -1,5 +1,6 @@
-"""Per-phase RL step time (generate, score, reference, update, sync) in sync and async
-mode, same model, prompts and settings, in one run. Prints medians and the ratio.
+"""Per-phase RL step time (generate, score, reference, update, sync) of synchronous GRPO
+colocated and split, and of asynchronous (split) GRPO: same model, prompts and settings,
+in one run. Prints medians and the ratios.
 
     python -m bench.rl_step_phases [--preset small] [--steps 8]
 """
@@ -19,13 +20,13 @@ from bench.common import model_dir, write
 
 
 def run_mode(
-    path: str, data: Path, storage: Path, steps: int, async_mode: bool
+    path: str, data: Path, storage: Path, steps: int, async_mode: bool, placement: str
 ) -> dict[str, float]:
     from pipelines.ppo import run_rl
     from rayalign.config import load_config
     from rayalign.rl_config import PPOStageConfig
 
-    name = "async" if async_mode else "sync"
+    name = f"{'async' if async_mode else 'sync'}-{placement}"
     config = load_config(
         PPOStageConfig,
         Path(__file__).parents[1] / "configs/tiny/grpo.yaml",
@@ -38,6 +39,7 @@ def run_mode(
             f"rl.steps={steps}",
             f"rl.save_steps={steps}",
             f"rl.async={str(async_mode).lower()}",
+            f"placement={placement}",
             "rl.eval_steps=1000",
         ],
     )
@@ -63,15 +65,17 @@ def main() -> None:
     path = model_dir(args.preset)
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        sync = run_mode(path, tmp / "data", tmp / "runs", args.steps, False)
-        async_ = run_mode(path, tmp / "data", tmp / "runs", args.steps, True)
+        colocated = run_mode(path, tmp / "data", tmp / "runs", args.steps, False, "colocated")
+        sync = run_mode(path, tmp / "data", tmp / "runs", args.steps, False, "split")
+        async_ = run_mode(path, tmp / "data", tmp / "runs", args.steps, True, "split")
     finally:
         ray.shutdown()
     write(
         f"rl_step_phases_{args.preset}",
         {
             "config": vars(args),
-            "median_seconds": {"sync": sync, "async": async_},
+            "median_seconds": {"colocated": colocated, "sync": sync, "async": async_},
+            "colocated_speedup_per_step_vs_split": sync["step"] / colocated["step"],
             "async_speedup_per_step": sync["step"] / async_["step"],
         },
     )
