@@ -198,10 +198,17 @@ class PolicyLearner:
     def _mismatch(self, learner_logp: torch.Tensor, mb: TrainBatch, fresh: torch.Tensor) -> float:
         """Mean |learner - vLLM| log-prob over the fresh rows' tokens of every rank (NaN
         when none is fresh); raises LogprobMismatchError past the configured bound."""
+        return self._check_gap(self._gap_totals(learner_logp, mb, fresh))
+
+    @staticmethod
+    def _gap_totals(learner_logp: torch.Tensor, mb: TrainBatch, fresh: torch.Tensor):
+        """[sum of |learner - vLLM| log-prob, token count] over `mb`'s fresh rows."""
         T = learner_logp.shape[1]
         mask = mb.mask[:, :T] * fresh[:, None]
         diff = (learner_logp.detach() - mb.behaviour_logprobs[:, :T]).abs() * mask
-        totals = torch.stack([diff.sum(), mask.sum()]).double()
+        return torch.stack([diff.sum(), mask.sum()]).double()
+
+    def _check_gap(self, totals: torch.Tensor) -> float:
         if self.world_size > 1:
             import torch.distributed as dist
 
@@ -297,7 +304,7 @@ class PolicyLearner:
         self.optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {"policy_loss": 0.0}
         check = gap is None
-        seen: list[tuple[torch.Tensor, list[int]]] = []
+        totals = torch.zeros(2, dtype=torch.float64)
         for rows, shares in self._micro_batches(mb):
             micro = mb.select(rows)
             loss, micro_metrics, logp = self._policy_loss(
@@ -308,13 +315,9 @@ class PolicyLearner:
             for k, v in micro_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v * shares[1]
             if check:
-                seen.append((logp.detach(), rows))
+                totals += self._gap_totals(logp, micro, fresh[rows])
         if check:
-            width = max(lp.shape[1] for lp, _ in seen)
-            learner = torch.zeros(len(mb.prompt_ids), width)
-            for lp, rows in seen:
-                learner[rows, : lp.shape[1]] = lp
-            gap = self._mismatch(learner, mb, fresh)
+            gap = self._check_gap(totals)
         self._allreduce_grads(self.policy)
         metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0).item()
         self.optimizer.step()
