@@ -13,10 +13,10 @@ import ray
 import torch
 
 from actors.batches import PromptRequest, Sample, SamplingOptions
-from actors.weight_sync import EXTENSION_CLS
+from actors.weight_sync import EXTENSION_CLS, WeightReceiver
 
 
-class GenerationWorker:
+class GenerationWorker(WeightReceiver):
     """Wraps one `vllm.LLM`. Create with `ray.remote(GenerationWorker).options(...)`.
 
     Args:
@@ -103,10 +103,15 @@ class GenerationWorker:
         `weights` may arrive as an ObjectRef resolved by Ray (one copy in the object store
         for all workers). Returns the new weight version.
         """
-        self.llm.collective_rpc("load_policy_weights", args=(list(weights.items()),))
+        self.load_received(list(weights.items()), version)
+        return version
+
+    def load_received(self, named: list[tuple[str, torch.Tensor]], version: int) -> None:
+        """Load (name, tensor) pairs in place (from `load_weights` or a weight-group
+        broadcast, `receive_weights`)."""
+        self.llm.collective_rpc("load_policy_weights", args=(named,))
         self.llm.reset_prefix_cache()
         self.weight_version = version
-        return version
 
     def ping(self) -> str:
         return self.name

@@ -11,6 +11,7 @@ import os
 import torch
 
 from actors.batches import TrainBatch
+from actors.weight_sync import WeightSender, export_weights
 from rayalign import rl_math
 from rayalign.models.logprobs import sequence_logprobs
 from rayalign.rl_config import RLConfig
@@ -20,7 +21,7 @@ class LogprobMismatchError(RuntimeError):
     """vLLM's sampling log-probs and the learner's disagree: the weight sync is broken."""
 
 
-class PolicyLearner:
+class PolicyLearner(WeightSender):
     """Create with `ray.remote(PolicyLearner)`; one actor per data-parallel rank.
 
     Args:
@@ -351,10 +352,12 @@ class PolicyLearner:
         return metrics
 
     # -- weights and checkpoints ----------------------------------------------
-    def export_weights(self) -> dict[str, torch.Tensor]:
-        from actors.weight_sync import export_weights
-
+    def weights(self) -> dict[str, torch.Tensor]:
         return export_weights(self.policy)
+
+    def export_weights(self) -> dict[str, torch.Tensor]:
+        """The policy's weights as a return value (to the object store)."""
+        return self.weights()
 
     def save(self, path: str) -> str:
         """Write the policy as a self-contained HF directory (rank 0 only), plus the

@@ -8,6 +8,7 @@ still return exactly one result set per prompt, in prompt order.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections import deque
@@ -48,6 +49,11 @@ class RolloutPool:
             learner ranks (`ColocatedWorker`). They are never removed, replaced or
             killed by the pool, and load new weights from their own learner
             (`sync_local`) instead of from the object store.
+        source: learner rank 0 (a `WeightSender`). With it, every sync reaches the
+            workers the pool owns over a weight-update group of rank 0 and those
+            workers (`actors.weight_sync`), rebuilt when the membership changes; without
+            it, or if a broadcast fails, they read rank 0's export from the object store.
+            Workers that join between syncs load that export once.
     """
 
     def __init__(
@@ -57,8 +63,13 @@ class RolloutPool:
         chunk_size: int = 8,
         target: Callable[[], int | None] | None = None,
         anchors: dict[str, Any] | None = None,
+        source: Any = None,
     ) -> None:
         self.anchors = dict(anchors or {})
+        self._source = source
+        self._plan: list | None = None
+        self._group: tuple[str, ...] = ()  # owned workers in the current weight group
+        self.sync_stats: dict[str, float] = {}
         if max(num_workers, len(self.anchors)) < 1:
             raise ValueError("a rollout pool needs at least one worker")
         self._make = make_worker
@@ -117,12 +128,13 @@ class RolloutPool:
     def load_weights(
         self, weights: dict | ray.ObjectRef | Callable[[], ray.ObjectRef], version: int
     ) -> None:
-        """Push new policy weights to every worker (one object-store copy for all).
+        """Push new policy weights to every worker.
 
         `weights` is a state dict, the ObjectRef of the learner's `export_weights` call
         (the workers then read the learner's copy and the tensors never pass through this
         process) or a function giving that ref, called only if some worker needs it:
-        anchors load from their own learner in-process (`sync_local`).
+        anchors load from their own learner in-process (`sync_local`), and with a
+        `source` the owned workers receive its broadcast instead.
         A worker that died meanwhile is replaced; its replacement starts on these weights.
         """
         self._export = weights if callable(weights) else None
@@ -131,14 +143,17 @@ class RolloutPool:
         else:
             self.weights_ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
         self.weight_version = version
-        refs = {
-            name: (
-                w.sync_local.remote(version)
-                if name in self.anchors
-                else w.load_weights.remote(self._current_weights(), version)
-            )
-            for name, w in self.workers.items()
-        }
+        self.sync_stats = {}
+        refs = {name: w.sync_local.remote(version) for name, w in self.anchors.items()}
+        owned = [name for name in self.workers if name not in self.anchors]
+        if owned and self._source is not None and callable(weights):
+            owned = self._broadcast(owned, version)  # those left need the object store
+        refs.update(
+            {
+                name: self.workers[name].load_weights.remote(self._current_weights(), version)
+                for name in owned
+            }
+        )
         for name, ref in refs.items():
             try:
                 ray.get(ref)
@@ -149,6 +164,51 @@ class RolloutPool:
                     type(err).__name__,
                 )
                 self._replace(name)
+
+    def _broadcast(self, names: list[str], version: int) -> list[str]:
+        """Send the source's weights to `names` over the weight group; returns the workers
+        it did not reach (none, or all of them after a failure, which drops the group)."""
+        refs: list[ray.ObjectRef] = []
+        try:
+            # A worker that died since the last sync would hold up the group's rendezvous.
+            ray.get([self.workers[n].ping.remote() for n in names])
+            if self._plan is None:
+                self._plan = ray.get(self._source.weight_plan.remote())
+            if self._group != tuple(names):
+                self._open_group(names)
+            refs = [self._source.broadcast_weights.remote(self._plan)]
+            refs += [self.workers[n].receive_weights.remote(version) for n in names]
+            sent, *received = ray.get(refs)
+        except Exception as err:  # noqa: BLE001 - any failure falls back to the object store
+            log.warning("weight broadcast failed (%s); using the object store", err)
+            self._drop_group(refs)
+            return names
+        self.sync_stats = {
+            **sent,
+            "receive_s": max(r["receive_s"] for r in received),
+            "load_s": max(r["load_s"] for r in received),
+        }
+        return []
+
+    def _open_group(self, names: list[str]) -> None:
+        self._group = ()
+        group = ray.get(self._source.open_weight_group.remote(len(names) + 1))
+        ray.get(
+            [self._source.join_weight_group.remote(group)]
+            + [
+                self.workers[n].join_weight_group.remote(group, rank, self._plan)
+                for rank, n in enumerate(names, start=1)
+            ]
+        )
+        self._group = tuple(names)
+
+    def _drop_group(self, pending: list[ray.ObjectRef]) -> None:
+        """Close rank 0's end (peers blocked in the group's collectives then fail at once)
+        and wait for the calls of the failed broadcast to end."""
+        self._group = ()
+        with contextlib.suppress(*WORKER_ERRORS):
+            ray.get(self._source.close_weight_group.remote())
+        ray.wait(pending, num_returns=len(pending), timeout=60)
 
     # -- sampling ---------------------------------------------------------
     def generate(

@@ -8,7 +8,13 @@ generation worker hands the tensors to its engine's workers through
 
 from __future__ import annotations
 
+import math
+import time
+import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 
@@ -40,3 +46,201 @@ class WeightSyncExtension:
         items = list(named_tensors)
         self.reload_weights(weights_iterator=iter(items))
         return len(items)
+
+
+# -- collective transport (split placement) -----------------------------------------------
+# Learner rank 0 broadcasts its weights to the rollout workers over a torch.distributed
+# process group of its own (gloo on CPU, NCCL on GPU), in buckets of one dtype, never
+# through the driver or the object store. The group is built apart from the default group
+# (a TCPStore hosted by rank 0, no `init_process_group`), so it can be rebuilt whenever the
+# pool's membership changes, as OpenRLHF's and verl's weight-update groups are.
+
+BUCKET_BYTES = 64 * 2**20
+# Every member joins and each sync runs while all are idle, so a collective that waits this
+# long has lost a peer; the pool then falls back to the object store.
+GROUP_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # torch dtype name, e.g. "float32"
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class WeightGroup:
+    """Where a weight-update group meets: rank 0's TCPStore, its size and a unique id."""
+
+    host: str
+    port: int
+    world_size: int
+    group_id: str
+    backend: str = "gloo"
+
+
+def bucket_plan(
+    named: dict[str, torch.Tensor], bucket_bytes: int = BUCKET_BYTES
+) -> list[list[TensorSpec]]:
+    """Tensors grouped into buckets of one dtype and about `bucket_bytes` each, in order."""
+    buckets: list[list[TensorSpec]] = []
+    open_by_dtype: dict[torch.dtype, tuple[list[TensorSpec], int]] = {}
+    for name, t in named.items():
+        spec = TensorSpec(name, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+        bucket, size = open_by_dtype.get(t.dtype, (None, 0))
+        nbytes = t.numel() * t.element_size()
+        if bucket is None or (size and size + nbytes > bucket_bytes):
+            bucket, size = [], 0
+            buckets.append(bucket)
+        bucket.append(spec)
+        open_by_dtype[t.dtype] = (bucket, size + nbytes)
+    return buckets
+
+
+def open_store(world_size: int, backend: str = "gloo") -> tuple[WeightGroup, Any]:
+    """Host a TCPStore for a new group on a free port of this node (rank 0 calls this)."""
+    import ray
+    from torch.distributed import TCPStore
+
+    store = TCPStore(
+        ray.util.get_node_ip_address(),
+        0,
+        world_size,
+        True,
+        timeout=timedelta(seconds=GROUP_TIMEOUT_S),
+        wait_for_workers=False,
+    )
+    group = WeightGroup(
+        ray.util.get_node_ip_address(), store.port, world_size, uuid.uuid4().hex, backend
+    )
+    return group, store
+
+
+def join_group(group: WeightGroup, rank: int, store: Any = None) -> Any:
+    """This process's member of `group` (every rank calls this at once; rank 0 passes the
+    store it hosts)."""
+    from torch.distributed import PrefixStore, TCPStore
+
+    timeout = timedelta(seconds=GROUP_TIMEOUT_S)
+    if store is None:
+        store = TCPStore(group.host, group.port, group.world_size, False, timeout=timeout)
+    prefixed = PrefixStore(group.group_id, store)
+    if group.backend == "nccl":
+        from torch.distributed import ProcessGroupNCCL
+
+        return ProcessGroupNCCL(prefixed, rank, group.world_size)
+    from torch.distributed.distributed_c10d import ProcessGroupGloo
+
+    return ProcessGroupGloo(prefixed, rank, group.world_size, timeout)
+
+
+def _broadcast(pg: Any, tensor: torch.Tensor) -> None:
+    import torch.distributed as dist
+
+    options = dist.BroadcastOptions()
+    options.rootRank = 0
+    pg.broadcast([tensor], options).wait()
+
+
+def send_buckets(
+    pg: Any, named: dict[str, torch.Tensor], plan: list[list[TensorSpec]]
+) -> tuple[int, float, float]:
+    """Broadcast `named` bucket by bucket from rank 0. Returns (bytes, pack s, send s)."""
+    total, pack_s, send_s = 0, 0.0, 0.0
+    for bucket in plan:
+        t0 = time.perf_counter()
+        if len(bucket) == 1:
+            flat = named[bucket[0].name].detach().reshape(-1).contiguous()
+        else:
+            flat = torch.cat([named[s.name].detach().reshape(-1) for s in bucket])
+        t1 = time.perf_counter()
+        _broadcast(pg, flat)
+        pack_s += t1 - t0
+        send_s += time.perf_counter() - t1
+        total += flat.numel() * flat.element_size()
+    return total, pack_s, send_s
+
+
+def receive_buckets(
+    pg: Any, plan: list[list[TensorSpec]], device: str = "cpu"
+) -> list[tuple[str, torch.Tensor]]:
+    """The (name, tensor) pairs rank 0 broadcasts with `send_buckets`: views into one
+    buffer per bucket, no further copy."""
+    out: list[tuple[str, torch.Tensor]] = []
+    for bucket in plan:
+        flat = torch.empty(
+            sum(s.numel for s in bucket), dtype=getattr(torch, bucket[0].dtype), device=device
+        )
+        _broadcast(pg, flat)
+        offset = 0
+        for s in bucket:
+            out.append((s.name, flat[offset : offset + s.numel].view(s.shape)))
+            offset += s.numel
+    return out
+
+
+class WeightSender:
+    """Mixed into the learner: rank 0 of weight-update groups (`weights()` gives the state
+    dict to send)."""
+
+    _weight_pg: Any = None
+    _weight_store: Any = None
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def weight_plan(self, bucket_bytes: int = BUCKET_BYTES) -> list[list[TensorSpec]]:
+        return bucket_plan(self.weights(), bucket_bytes)
+
+    def open_weight_group(self, world_size: int) -> WeightGroup:
+        """Host a new group (this actor is rank 0); then every rank calls `join_weight_group`."""
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        group, self._weight_store = open_store(world_size, backend)
+        self._weight_pg = None
+        return group
+
+    def join_weight_group(self, group: WeightGroup) -> None:
+        self._weight_pg = join_group(group, 0, self._weight_store)
+
+    def broadcast_weights(self, plan: list[list[TensorSpec]]) -> dict[str, float]:
+        """Send the current weights to the group. Returns bytes and seconds per phase."""
+        t0 = time.perf_counter()
+        named = self.weights()
+        nbytes, pack_s, send_s = send_buckets(self._weight_pg, named, plan)
+        return {
+            "bytes": nbytes,
+            "export_s": time.perf_counter() - t0 - pack_s - send_s,
+            "pack_s": pack_s,
+            "send_s": send_s,
+        }
+
+    def close_weight_group(self) -> None:
+        self._weight_pg = self._weight_store = None
+
+
+class WeightReceiver:
+    """Mixed into generation workers: a non-zero rank of weight-update groups.
+    `load_received(named, version)` loads what arrived."""
+
+    _weight_pg: Any = None
+    _weight_plan: list[list[TensorSpec]] | None = None
+
+    def load_received(self, named: list[tuple[str, torch.Tensor]], version: int) -> None:
+        raise NotImplementedError
+
+    def join_weight_group(self, group: WeightGroup, rank: int, plan) -> None:
+        self._weight_pg, self._weight_plan = None, plan
+        self._weight_pg = join_group(group, rank)
+
+    def receive_weights(self, version: int) -> dict[str, float]:
+        """Receive rank 0's broadcast and load it. Returns seconds per phase."""
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        t0 = time.perf_counter()
+        named = receive_buckets(self._weight_pg, self._weight_plan, device)
+        t1 = time.perf_counter()
+        self.load_received(named, version)
+        return {"receive_s": t1 - t0, "load_s": time.perf_counter() - t1}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from actors.batches import PromptRequest, SamplingOptions
 from actors.rollout_pool import RolloutPool
@@ -16,10 +17,12 @@ def build_pool(
     target: Callable[[], int | None] | None = None,
     dtype: str = "float32",
     anchors: dict | None = None,
+    source: Any = None,
 ) -> RolloutPool:
     """A RolloutPool of GenerationWorkers serving `model_path` in `dtype`, placed as
     `rollout` says; `target` (the RL run controller's wanted size) lets it grow or shrink
-    while running. `anchors` are colocated learner ranks sampling as workers too."""
+    while running. `anchors` are colocated learner ranks sampling as workers too; `source`
+    (learner rank 0) broadcasts new weights to the other workers, if given."""
     from actors.generation_worker import remote_generation_worker
 
     r = rollout or RolloutConfig()
@@ -30,7 +33,9 @@ def build_pool(
             model_path, name=name, max_model_len=r.max_model_len, seed=seed, dtype=dtype
         )
 
-    return RolloutPool(make, r.num_workers, r.chunk_size, target=target, anchors=anchors)
+    return RolloutPool(
+        make, r.num_workers, r.chunk_size, target=target, anchors=anchors, source=source
+    )
 
 
 def sample_texts(

@@ -92,6 +92,7 @@ def build_actors(config: PPOStageConfig, state: RunState) -> RLActors:
         target=lambda: ray.get(controller.get_rollout_workers.remote()),
         dtype=config.model.dtype,
         anchors=anchors,
+        source=learners[0] if config.rollout.weight_transport == "collective" else None,
     )
     return RLActors(
         pool=pool,

@@ -300,6 +300,9 @@ class RLDriver:
         ahead = future.result() if future is not None else None
         if metrics["updated"]:
             _timed(timings, "sync", self.sync_weights)
+            # Phases of the broadcast to split workers (none when all engines are colocated).
+            sync_stats = getattr(self.actors.pool, "sync_stats", {})
+            metrics.update({f"weight_sync/{k}": float(v) for k, v in sync_stats.items()})
         done = step + 1
         if done % self.rl.eval_steps == 0 or done == self.rl.steps:
             evaluation = self.evaluate()

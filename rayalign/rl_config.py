@@ -41,6 +41,15 @@ class RolloutConfig(Strict):
     )
     max_model_len: int = Field(256, ge=16, description="Longest prompt + completion in the engine.")
     chunk_size: int = Field(8, ge=1, description="Prompts per work item handed to a worker.")
+    weight_transport: Literal["collective", "object_store"] = Field(
+        "collective",
+        description=(
+            "How new weights reach rollout workers that are not colocated with a learner: "
+            "broadcast by learner rank 0 over a torch.distributed group of its own (gloo on "
+            "CPU, NCCL on GPU) in buckets, or read from rank 0's export in Ray's object "
+            "store. A failed broadcast falls back to the object store for that sync."
+        ),
+    )
     autoscale: AutoscaleConfig | None = Field(
         None, description="Grow/shrink the pool by itself when set."
     )

@@ -1,5 +1,6 @@
 """RolloutPool's Ray logic with light stand-in workers (no vLLM): prompt order, exactly-once
-answers when a worker dies mid-batch or mid-sync, resizing 1 -> 2 -> 1 while sampling."""
+answers when a worker dies mid-batch or mid-sync, resizing 1 -> 2 -> 1 while sampling, and
+weight syncs over a (real) weight group that follows the membership."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import time
 
 import pytest
 import ray
+import torch
 
 from actors.batches import PromptRequest, Sample, SamplingOptions
 from actors.rollout_pool import RolloutPool
+from actors.weight_sync import WeightReceiver, WeightSender
 
 SAMPLING = SamplingOptions(n=2, max_tokens=3)
 
@@ -213,3 +216,92 @@ def test_colocated_anchor_syncs_in_place_and_is_never_scaled_away(ray_local):
     assert list(pool.workers) == ["colocated-0"]
     pool.shutdown()
     assert ray.get(anchor.ping.remote()) == "colocated-0"
+
+
+class Broadcaster(WeightSender):
+    """Learner rank 0 as a weight-group source: weights `{"w": [v, v, v, v]}` at version v;
+    counts its object-store exports."""
+
+    def __init__(self) -> None:
+        self.version, self.exports = 0, 0
+
+    def set_version(self, version: int) -> None:
+        self.version = version
+
+    def weights(self) -> dict:
+        return {"w": torch.full((4,), float(self.version))}
+
+    def export_weights(self) -> dict:
+        self.exports += 1
+        return self.weights()
+
+    def count(self) -> int:
+        return self.exports
+
+
+class GroupStandIn(StandInWorker, WeightReceiver):
+    """A stand-in that joins weight groups (the real transport) and counts how each sync
+    arrived: broadcast or object store."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.by = {"broadcast": 0, "object_store": 0}
+
+    def load_received(self, named: list, version: int) -> None:
+        ((name, tensor),) = named
+        assert name == "w" and torch.equal(tensor, torch.full((4,), float(version)))
+        self.weight_version = version
+        self.by["broadcast"] += 1
+
+    def load_weights(self, weights: dict, version: int) -> int:
+        self.load_received(list(weights.items()), version)
+        self.by["broadcast"] -= 1
+        self.by["object_store"] += 1
+        return version
+
+    def arrivals(self) -> dict:
+        return dict(self.by)
+
+
+def test_syncs_broadcast_over_a_group_rebuilt_when_membership_changes(ray_local):
+    source = ray.remote(num_cpus=0)(Broadcaster).remote()
+    cls = ray.remote(num_cpus=0, max_restarts=0)(GroupStandIn)
+    pool = RolloutPool(cls.remote, num_workers=2, chunk_size=2, source=source)
+
+    def sync(version: int) -> None:
+        ray.get(source.set_version.remote(version))
+        pool.load_weights(source.export_weights.remote, version)
+
+    def arrivals() -> dict[str, dict]:
+        return {n: ray.get(w.arrivals.remote()) for n, w in pool.workers.items()}
+
+    sync(1)
+    assert ray.get(source.count.remote()) == 0  # nothing went through the object store
+    assert pool.sync_stats["bytes"] == 16
+    assert {s.weight_version for g in pool.generate(_requests(6), SAMPLING) for s in g} == {1}
+
+    # A worker added between syncs loads one export; the next sync rebuilds the group.
+    pool.scale_to(3)
+    assert ray.get(source.count.remote()) == 1
+    sync(2)
+    assert arrivals() == {
+        "gen-0": {"broadcast": 2, "object_store": 0},
+        "gen-1": {"broadcast": 2, "object_store": 0},
+        "gen-2": {"broadcast": 1, "object_store": 1},
+    }
+
+    # A worker dead by the next sync: that sync goes through the object store and
+    # replaces it; the one after broadcasts again, to the new membership.
+    ray.kill(pool.workers["gen-1"], no_restart=True)
+    sync(3)
+    assert set(pool.workers) == {"gen-0", "gen-2", "gen-3"} and pool.sync_stats == {}
+    sync(4)
+    assert pool.sync_stats["bytes"] == 16
+    assert arrivals() == {
+        "gen-0": {"broadcast": 3, "object_store": 1},
+        "gen-2": {"broadcast": 2, "object_store": 2},
+        "gen-3": {"broadcast": 1, "object_store": 1},
+    }
+    results = pool.generate(_requests(12), SAMPLING)
+    assert {s.weight_version for g in results for s in g} == {4}
+    pool.shutdown()

@@ -59,6 +59,9 @@ def test_grpo_raises_heldout_accuracy(ray_local, sft_entry, easy_data, runs_dir,
     assert after >= before + GRPO_GAIN
     assert max(r["logprob_mismatch"] for r in rows) < config.rl.max_logprob_mismatch
     assert [r["step"] for r in rows] == list(range(1, config.rl.steps + 1))
+    if placement == "split":  # every sync reached the worker over the weight group
+        sent = [r.get("weight_sync/bytes", 0) for r in rows]
+        assert min(sent) > 0 and len(set(sent)) == 1, sent
 
 
 def test_grpo_async_mode_learns_with_stale_samples(ray_local, sft_entry, easy_data, runs_dir):
@@ -78,6 +81,7 @@ def test_grpo_async_mode_learns_with_stale_samples(ray_local, sft_entry, easy_da
     assert all(
         r["logprob_mismatch"] != r["logprob_mismatch"] for r in rows[1:]
     )  # NaN: nothing fresh to gate
+    assert all(r.get("weight_sync/bytes", 0) > 0 for r in rows)  # broadcast to the workers
 
 
 def test_ppo_with_critic_and_reward_model(ray_local, sft_entry, rm_entry, easy_data, runs_dir):
