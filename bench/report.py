@@ -17,14 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ABOUT = {
     "rollout_throughput": "Generation tokens/s after warm-up: the vLLM rollout pool with 1 and 2 "
     "workers against HF `generate` on the same model and prompts.",
-    "weight_sync": "Learner-to-worker weight sync (object store + vLLM `reload_weights`) "
-    "against the bytes moved, next to a plain memory copy of the same bytes.",
+    "weight_sync": "Learner-to-engine weight sync by transport (colocated in-process, "
+    "collective gloo broadcast in buckets, object store) and phase (export, pack, send, "
+    "receive or put/get, vLLM `reload_weights`), next to a plain memory copy of the bytes.",
     "rl_step_phases": "Median seconds per RL step phase: synchronous GRPO colocated (learner, "
     "reference and engine in one process) and split (an actor per role), and asynchronous "
     "(one-step-stale, split) GRPO, on the same model and prompts.",
-    "rl_vs_trl": "GRPO from the same SFT checkpoint, data and hyper-parameters: rayalign "
-    "(synchronous and one-step-stale asynchronous) against `trl.GRPOTrainer`, every "
-    "checkpoint scored by the same held-out evaluator.",
+    "rl_vs_trl": "GRPO from the same SFT checkpoint, data and hyper-parameters (float32 on "
+    "both sides): rayalign colocated, split and split asynchronous against "
+    "`trl.GRPOTrainer`, on the arithmetic task (6 new tokens) and long reversals (up to 64), "
+    "every checkpoint scored by the same held-out evaluator. Ratios above 1: rayalign faster.",
     "serve_load": "The chat endpoint under bounded concurrent clients over loopback.",
     "parallel_stages": "Training steps/s of the `small` model: one process with two torch "
     "threads against two one-thread processes side by side (the demo's two stages at once).",
