@@ -20,6 +20,7 @@ import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 import torch
@@ -277,27 +278,38 @@ class RLDriver:
             self.metrics.record_eval(0, baseline)
             self.metrics.info(f"before training: {baseline}")
         with ThreadPoolExecutor(max_workers=1) as executor:
-            ahead: Rollouts | None = None
+            ahead: tuple[Rollouts, float] | None = None
             for step in range(start, self.rl.steps):
                 ahead = self.step(step, ahead, executor)
         return register_final(self.config, self.entry)
 
     def step(
-        self, step: int, ahead: Rollouts | None, executor: ThreadPoolExecutor
-    ) -> Rollouts | None:
-        """Run step `step` (0-based) on `ahead` (sampled during the previous step in async
-        mode) or fresh samples; returns the next step's samples in async mode."""
+        self, step: int, ahead: tuple[Rollouts, float] | None, executor: ThreadPoolExecutor
+    ) -> tuple[Rollouts, float] | None:
+        """Run step `step` (0-based) on `ahead` (samples taken during the previous step in
+        async mode, with the seconds they took) or fresh samples; returns the next step's
+        samples in async mode.
+
+        Timings: `generate` is sampling on the step's critical path (about 0 when the
+        samples came ahead), `sampling` the seconds the step's samples took to draw,
+        `generate_wait` the wait for the next step's samples after training (async)."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        ro = ahead or self.generate(self.requests(step))
+        if ahead is None:
+            ro = self.generate(self.requests(step))
+            timings["sampling"] = time.perf_counter() - t0
+        else:
+            ro, timings["sampling"] = ahead
         timings["generate"] = time.perf_counter() - t0
         future: Future | None = None
         if self.rl.async_mode and step + 1 < self.rl.steps:
             # Step k+1 is sampled with step k's weights while step k trains: one step stale.
-            future = executor.submit(self.generate, self.requests(step + 1))
+            future = executor.submit(_clocked, self.generate, self.requests(step + 1))
         metrics = self.train_step(ro, timings)
         # The pool must be idle before new weights load into it.
-        ahead = future.result() if future is not None else None
+        ahead = None
+        if future is not None:
+            ahead = _timed(timings, "generate_wait", future.result)
         if metrics["updated"]:
             _timed(timings, "sync", self.sync_weights)
             # Phases of the broadcast to split workers (none when all engines are colocated).
@@ -323,6 +335,13 @@ class RLDriver:
         )
         if wanted is not None:
             self.actors.controller.set_rollout_workers.remote(wanted)
+
+
+def _clocked(fn, *args) -> tuple[Any, float]:
+    """(fn(*args), its wall time in seconds)."""
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t
 
 
 def _timed(timings: dict[str, float], phase: str, fn, *args):

@@ -48,7 +48,9 @@ class MetricsLog:
         """One finished step: its metrics, phase timings (seconds) and the pool's size now
         and during generation (a resize can land mid-step)."""
         metrics = {**metrics, **{f"time/{k}": v for k, v in timings.items()}}
-        metrics["tokens_per_s"] = metrics["tokens"] / max(timings["generate"], 1e-9)
+        # Per second of sampling, also when the samples were drawn ahead (async).
+        sampling = timings.get("sampling", timings["generate"])
+        metrics["tokens_per_s"] = metrics["tokens"] / max(sampling, 1e-9)
         metrics["rollout_workers"] = float(pool_size)
         metrics["rollout_workers_used"] = float(workers_used)
         for k, v in metrics.items():

@@ -95,6 +95,10 @@ def test_async_samples_are_exactly_one_step_stale(recorder, tmp_path):
     rows = _rows(config)
     assert rows[0]["logprob_mismatch"] == 0.0
     assert all(r["logprob_mismatch"] != r["logprob_mismatch"] for r in rows[1:])  # NaN
+    # Samples drawn ahead cost the step no generation time, but their sampling is timed
+    # (each stand-in generate sleeps 0.2 s) and the wait for them after training too.
+    assert all(r["time/generate"] < 0.1 <= 0.2 <= r["time/sampling"] for r in rows[1:])
+    assert all("time/generate_wait" in r for r in rows[:-1])
     # GRPO: the update gets the group-normalised advantages of the scorer's rewards (odd
     # lengths score 1; completion j of prompt i has 1 + (i + j) % 3 tokens).
     lengths = [1 + (i + j) % 3 for i in range(4) for j in range(2)]
