@@ -138,48 +138,101 @@ def join_group(group: WeightGroup, rank: int, store: Any = None) -> Any:
     return ProcessGroupGloo(prefixed, rank, group.world_size, timeout)
 
 
-def _broadcast(pg: Any, tensor: torch.Tensor) -> None:
+def _broadcast(pg: Any, tensor: torch.Tensor) -> Any:
+    """Start broadcasting `tensor` from rank 0; returns the work to wait on."""
     import torch.distributed as dist
 
     options = dist.BroadcastOptions()
     options.rootRank = 0
-    pg.broadcast([tensor], options).wait()
+    return pg.broadcast([tensor], options)
+
+
+class StagingBuffers:
+    """Two reusable pack buffers per dtype for the sender, so bucket i+1 is packed while
+    bucket i is on the wire, into memory already touched (a new buffer per bucket faults in
+    its pages on first write: 0.37 s of a 1.2 s sync on `medium` before). Holds at most
+    2 x the largest multi-tensor bucket per dtype."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}
+
+    def get(self, dtype: torch.dtype, device: torch.device, numel: int, slot: int) -> torch.Tensor:
+        key = (dtype, device, slot)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = self._buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel]
 
 
 def send_buckets(
-    pg: Any, named: dict[str, torch.Tensor], plan: list[list[TensorSpec]]
+    pg: Any,
+    named: dict[str, torch.Tensor],
+    plan: list[list[TensorSpec]],
+    staging: StagingBuffers | None = None,
 ) -> tuple[int, float, float]:
-    """Broadcast `named` bucket by bucket from rank 0. Returns (bytes, pack s, send s)."""
+    """Broadcast `named` bucket by bucket from rank 0, packing the next bucket while the
+    previous one is sent. A one-tensor bucket goes as it is, without a copy. Returns
+    (bytes, pack s, send s: time spent waiting for the transport)."""
+    staging = staging or StagingBuffers()
     total, pack_s, send_s = 0, 0.0, 0.0
-    for bucket in plan:
+    in_flight: dict[int, Any] = {}  # staging slot -> its broadcast's work
+    for i, bucket in enumerate(plan):
+        slot = i % 2
+        if slot in in_flight:  # this slot's buffer is still on the wire
+            t = time.perf_counter()
+            in_flight.pop(slot).wait()
+            send_s += time.perf_counter() - t
         t0 = time.perf_counter()
-        if len(bucket) == 1:
-            flat = named[bucket[0].name].detach().reshape(-1).contiguous()
+        tensors = [named[s.name].detach().reshape(-1) for s in bucket]
+        if len(tensors) == 1:
+            flat = tensors[0].contiguous()
         else:
-            flat = torch.cat([named[s.name].detach().reshape(-1) for s in bucket])
-        t1 = time.perf_counter()
-        _broadcast(pg, flat)
-        pack_s += t1 - t0
-        send_s += time.perf_counter() - t1
+            numel = sum(t.numel() for t in tensors)
+            flat = staging.get(tensors[0].dtype, tensors[0].device, numel, slot)
+            torch.cat(tensors, out=flat)
+        pack_s += time.perf_counter() - t0
+        work = _broadcast(pg, flat)
+        if len(tensors) == 1:  # nothing to reuse: wait here, holding no reference
+            t = time.perf_counter()
+            work.wait()
+            send_s += time.perf_counter() - t
+        else:
+            in_flight[slot] = work
         total += flat.numel() * flat.element_size()
+    t = time.perf_counter()
+    for work in in_flight.values():
+        work.wait()
+    send_s += time.perf_counter() - t
     return total, pack_s, send_s
 
 
 def receive_buckets(
-    pg: Any, plan: list[list[TensorSpec]], device: str = "cpu"
+    pg: Any,
+    plan: list[list[TensorSpec]],
+    device: str = "cpu",
+    buffers: list[torch.Tensor] | None = None,
 ) -> list[tuple[str, torch.Tensor]]:
     """The (name, tensor) pairs rank 0 broadcasts with `send_buckets`: views into one
-    buffer per bucket, no further copy."""
+    buffer per bucket, no further copy. `buffers` (one per bucket, from an earlier call
+    with the same plan) are reused when given; new ones are appended to it otherwise."""
     out: list[tuple[str, torch.Tensor]] = []
-    for bucket in plan:
-        flat = torch.empty(
-            sum(s.numel for s in bucket), dtype=getattr(torch, bucket[0].dtype), device=device
-        )
-        _broadcast(pg, flat)
+    works = []
+    for i, bucket in enumerate(plan):
+        if buffers is not None and i < len(buffers):
+            flat = buffers[i]
+        else:
+            flat = torch.empty(
+                sum(s.numel for s in bucket), dtype=getattr(torch, bucket[0].dtype), device=device
+            )
+            if buffers is not None:
+                buffers.append(flat)
+        works.append(_broadcast(pg, flat))  # queued in order; rank 0 sends them in order
         offset = 0
         for s in bucket:
             out.append((s.name, flat[offset : offset + s.numel].view(s.shape)))
             offset += s.numel
+    for work in works:
+        work.wait()
     return out
 
 
@@ -189,6 +242,7 @@ class WeightSender:
 
     _weight_pg: Any = None
     _weight_store: Any = None
+    _weight_staging: StagingBuffers | None = None
 
     def weights(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -210,7 +264,9 @@ class WeightSender:
         """Send the current weights to the group. Returns bytes and seconds per phase."""
         t0 = time.perf_counter()
         named = self.weights()
-        nbytes, pack_s, send_s = send_buckets(self._weight_pg, named, plan)
+        if self._weight_staging is None:
+            self._weight_staging = StagingBuffers()
+        nbytes, pack_s, send_s = send_buckets(self._weight_pg, named, plan, self._weight_staging)
         return {
             "bytes": nbytes,
             "export_s": time.perf_counter() - t0 - pack_s - send_s,
@@ -228,19 +284,23 @@ class WeightReceiver:
 
     _weight_pg: Any = None
     _weight_plan: list[list[TensorSpec]] | None = None
+    # Receive buffers kept from sync to sync on CPU (pages already mapped); on GPUs the
+    # caching allocator makes new ones cheap and the memory goes back to the engine.
+    _weight_buffers: list[torch.Tensor] | None = None
 
     def load_received(self, named: list[tuple[str, torch.Tensor]], version: int) -> None:
         raise NotImplementedError
 
     def join_weight_group(self, group: WeightGroup, rank: int, plan) -> None:
         self._weight_pg, self._weight_plan = None, plan
+        self._weight_buffers = None if torch.cuda.is_available() else []
         self._weight_pg = join_group(group, rank)
 
     def receive_weights(self, version: int) -> dict[str, float]:
         """Receive rank 0's broadcast and load it. Returns seconds per phase."""
         device = "cuda" if torch.cuda.is_available() else "cpu"
         t0 = time.perf_counter()
-        named = receive_buckets(self._weight_pg, self._weight_plan, device)
+        named = receive_buckets(self._weight_pg, self._weight_plan, device, self._weight_buffers)
         t1 = time.perf_counter()
         self.load_received(named, version)
         return {"receive_s": t1 - t0, "load_s": time.perf_counter() - t1}

@@ -1,5 +1,5 @@
 """RL time-to-accuracy and step time: rayalign GRPO (colocated, split, split async) against
-`trl.GRPOTrainer`, on two workloads.
+`trl.GRPOTrainer`, on two workloads; colocated also with DAPO's dynamic sampling.
 
 Same `small` model, SFT starting checkpoint, prompts, group size, prompts per step, learning
 rate (constant), KL coefficient, completion length, loss aggregation, dtype (float32) and
@@ -44,8 +44,9 @@ WORKLOADS: dict[str, dict] = {
         "max_length": 64,
         "max_new_tokens": 6,
         "steps": 30,
-        "eval_every": 10,
+        "eval_every": 5,
         "target": 0.8,
+        "dapo": True,
     },
     "reversal-long": {
         "task": "reversal",
@@ -56,13 +57,17 @@ WORKLOADS: dict[str, dict] = {
         "steps": 6,
         "eval_every": 6,
         "target": None,  # start + 0.04
+        # Rewards stay 0 here, so dynamic sampling would drop every group: no DAPO row.
+        "dapo": False,
     },
 }
-# (name, placement, async)
+# (name, placement, async, further overrides). `-dapo` adds DAPO's dynamic sampling
+# (groups whose rewards are all equal leave the update), a rayalign option TRL lacks.
 MODES = [
-    ("rayalign-colocated", "colocated", False),
-    ("rayalign-split", "split", False),
-    ("rayalign-split-async", "split", True),
+    ("rayalign-colocated", "colocated", False, []),
+    ("rayalign-colocated-dapo", "colocated", False, ["rl.drop_uniform_groups=true"]),
+    ("rayalign-split", "split", False, []),
+    ("rayalign-split-async", "split", True, []),
 ]
 
 
@@ -93,7 +98,14 @@ def sft_start(base: str, data: Path, runs: Path, work: dict, name: str) -> str:
 
 
 def rayalign_grpo(
-    start: str, data: Path, runs: Path, work: dict, label: str, placement: str, async_mode: bool
+    start: str,
+    data: Path,
+    runs: Path,
+    work: dict,
+    label: str,
+    placement: str,
+    async_mode: bool,
+    extra: list[str],
 ) -> dict:
     import ray
 
@@ -118,6 +130,7 @@ def rayalign_grpo(
             f"rl.max_new_tokens={work['max_new_tokens']}",
             f"rl.async={str(async_mode).lower()}",
             f"placement={placement}",
+            *extra,
         ],
     )
     try:
@@ -251,8 +264,9 @@ def run_workload(name: str, tmp: Path, start: str | None) -> tuple[list[dict], d
     start_accuracy = evaluate(start, prompts_test, max_new_tokens=work["max_new_tokens"]).accuracy
     target = work["target"] if work["target"] is not None else start_accuracy + 0.04
     runs_out = [
-        rayalign_grpo(start, data, runs, work, label, placement, async_mode)
-        for label, placement, async_mode in MODES
+        rayalign_grpo(start, data, runs, work, label, placement, async_mode, extra)
+        for label, placement, async_mode, extra in MODES
+        if work["dapo"] or not label.endswith("-dapo")
     ]
     runs_out.append(trl_grpo(start, data, tmp / name / "trl", work))
     rows = [summarise(r, start_accuracy, prompts_test, work, target) for r in runs_out]

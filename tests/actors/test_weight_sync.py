@@ -12,6 +12,7 @@ import torch
 from torch.distributed import TCPStore
 
 from actors.weight_sync import (
+    StagingBuffers,
     WeightGroup,
     bucket_plan,
     join_group,
@@ -116,3 +117,35 @@ def test_bucket_size_does_not_change_what_arrives(bucket_bytes):
     send_buckets(join_group(group, 0, store), named, plan)
     thread.join(timeout=30)
     assert all(torch.equal(t, named[n]) for n, t in got) and len(got) == len(named)
+
+
+def test_reused_pack_and_receive_buffers_carry_each_syncs_new_values():
+    """The sender packs bucket i+1 into one of two reused buffers while bucket i is sent;
+    the receiver keeps its buffers from sync to sync. Neither may leak one bucket's or one
+    sync's values into another."""
+    g = torch.Generator().manual_seed(1)
+    named = {f"layer.{i}.weight": torch.randn(64, generator=g) for i in range(10)}
+    named["big.weight"] = torch.randn(400, generator=g)  # a bucket of its own, sent as is
+    plan = bucket_plan(named, bucket_bytes=2 * 64 * 4)  # two tensors per bucket
+    assert sum(len(b) == 2 for b in plan) == 5
+    group, store = _group(2)
+    members: dict[int, object] = {}
+    joining = threading.Thread(target=lambda: members.update({1: join_group(group, 1)}))
+    joining.start()
+    sender = join_group(group, 0, store)
+    joining.join(timeout=30)
+    staging, buffers = StagingBuffers(), []
+    pointers: list[list[int]] = []
+    for sync in range(3):
+        versioned = {n: t + sync for n, t in named.items()}
+        got: list = []
+        thread = threading.Thread(
+            target=lambda out=got: out.extend(receive_buckets(members[1], plan, buffers=buffers))
+        )
+        thread.start()
+        send_buckets(sender, versioned, plan, staging)
+        thread.join(timeout=30)
+        assert len(got) == len(named)
+        assert all(torch.equal(t, versioned[n]) for n, t in got), f"sync {sync}"
+        pointers.append([b.data_ptr() for b in buffers])
+    assert pointers[0] == pointers[1] == pointers[2]  # the receive buffers were reused
