@@ -112,6 +112,8 @@ def _serving_config(args: argparse.Namespace):
             overrides.append(f"{key}={json.dumps(value)}")
     if args.no_watch:
         overrides.append("watch_interval_s=null")
+    if args.insecure_no_api_key:
+        overrides.append("allow_no_api_key=true")
     return load_config(ServingConfig, args.config, overrides + args.overrides)
 
 
@@ -268,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or $RAYALIGN_API_KEY)")
+    p.add_argument(
+        "--insecure-no-api-key",
+        action="store_true",
+        help="serve a non-loopback --host without an API key (refused otherwise)",
+    )
     p.add_argument("--models", help="comma-separated registry names to serve (default: all)")
     p.add_argument("--no-watch", action="store_true", help="do not follow registry changes")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")

@@ -102,6 +102,13 @@ class ServingConfig(Strict):
             "unset means no auth."
         ),
     )
+    allow_no_api_key: bool = Field(
+        False,
+        description=(
+            "Serve on a non-loopback host without an API key anyway (anyone who reaches the "
+            "port may use every model). Without it, such a start is refused."
+        ),
+    )
     models: list[str] | None = Field(
         None, description="Registry names to serve; None serves every registered checkpoint."
     )
@@ -175,4 +182,30 @@ class RewardAppArgs(Strict):
     path: str = Field(description="Reward-model checkpoint directory.")
     options: RewardModelOptions = Field(
         default_factory=RewardModelOptions, description="How the checkpoint is served."
+    )
+
+
+LOOPBACK_HOSTS = {"localhost", "::1"}
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_exposure(config: ServingConfig) -> None:
+    """Refuse an endpoint that others can reach and that asks for no key, unless the
+    config accepts the risk (`allow_no_api_key`). Runs before anything starts."""
+    if is_loopback(config.host) or config.api_key or config.allow_no_api_key:
+        return
+    raise ValueError(
+        f"serving on host {config.host!r} without an API key would let anyone who reaches "
+        f"port {config.port} use every model: set --api-key (or ${API_KEY_ENV}), bind "
+        "127.0.0.1, or pass --insecure-no-api-key to accept that"
     )

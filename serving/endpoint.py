@@ -11,7 +11,7 @@ import ray
 from ray import serve
 
 from rayalign.cluster import init_ray
-from serving.config import ServingConfig
+from serving.config import ServingConfig, check_exposure
 from serving.deploy import (
     INGRESS_APP,
     RegistryWatch,
@@ -110,6 +110,7 @@ def run_endpoint(
     """Start the endpoint with the registry's checkpoints and keep it in step with the
     registry (when `config.watch_interval_s` is set) until interrupted; then shut down.
     `on_ready` runs once every model serves."""
+    check_exposure(config)
     connect(address, len(selected(config)), config)
     log.info("[serve] starting the ingress on %s:%s", config.host, config.port)
     try:

@@ -10,15 +10,20 @@ needs on top:
   that takes live in `serving.ray_llm_adapter`, with every other use of Ray's private
   modules);
 - `POST /v1/score` for reward models, `GET /health`, and a playground page at `/`;
-- bearer-key auth on every API route (401), a request-body size limit (413), and
-  OpenAI-style error bodies for unknown models (404) and malformed requests (400).
+- bearer-key auth on every API route (401), a request-body size limit (413),
+  OpenAI-style error bodies for unknown models (404) and malformed requests (400: bad
+  JSON or UTF-8, roles outside the chat API), and error messages with nothing of Ray's
+  internals in them; `/v1/models` shows each model's stage, step, parent and metrics but
+  no server paths.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
+import re
 import time
 from importlib import resources
 from pathlib import Path
@@ -55,11 +60,95 @@ _LOOKUP_TTL_S = 1.0
 _PUBLIC_PATHS = {"/", "/playground"}
 
 
+def _error_body(
+    status: int, message: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def openai_error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
     """A JSON error response in OpenAI's shape: {"error": {message, type, param, code}}."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(_error_body(status, message, code, param), status_code=status)
+
+
+# ray.serve.llm words its errors "Message: <for the user>, Internal exception: <Ray's
+# internals>, original exception: <the exception again>" (ray.llm's server_utils).
+_RAY_ERROR = re.compile(r"^Message: (?P<message>.*?), Internal exception: ", re.DOTALL)
+_REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
+# Roles of the OpenAI chat API; anything else is refused (vLLM would take any role).
+CHAT_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+def user_facing_error(status: int, body: Any) -> dict[str, Any]:
+    """An error body as clients should see it: OpenAI's shape, the message meant for the
+    user only (no Ray internals, exception class names or request ids; the request id is
+    in the `x-request-id` header)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        message = error["message"]
+        if match := _RAY_ERROR.match(message):
+            message = match["message"]
+        message = _REQUEST_ID.sub("", message).strip()
+        if status >= 500:
+            message = "Internal server error."
+        code = error.get("code")
+        return _error_body(
+            status,
+            message or "Request failed.",
+            code if isinstance(code, str) else None,
+            error.get("param") if isinstance(error.get("param"), str) else None,
+        )
+    # FastAPI's own errors ({"detail": ...}): an unknown route, a body it could not read.
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        first = detail[0]  # a validation error: say what and where
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        detail = f"Invalid request: {first.get('msg', 'invalid value')} at {where or 'body'}."
+    if not isinstance(detail, str) or status >= 500:
+        detail = "Request failed." if status < 500 else "Internal server error."
+    return _error_body(status, detail, None)
+
+
+class ErrorBodies:
+    """ASGI middleware: every JSON error response leaves in OpenAI's shape with the
+    user-facing message only (`user_facing_error`). Streams are left alone: their errors
+    are events inside a 200 response."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def rewrite(message):
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                is_json = headers.get(b"content-type", b"").startswith(b"application/json")
+                if message["status"] >= 400 and is_json:
+                    start = message  # hold it until the whole body is here
+                    return
+                return await send(message)
+            if start is None or message["type"] != "http.response.body":
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            try:
+                body = json.loads(b"".join(chunks))
+            except ValueError:
+                body = None
+            data = json.dumps(user_facing_error(start["status"], body)).encode()
+            headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+            headers.append((b"content-length", str(len(data)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": data})
+
+        return await self.app(scope, receive, rewrite)
 
 
 class BearerAuth:
@@ -138,6 +227,7 @@ class RewardScoreRequest(BaseModel):
 
 
 app = openai_fastapi_app()
+app.add_middleware(ErrorBodies)  # around ray.serve.llm's error handling
 app.add_middleware(BearerAuth)
 app.add_middleware(BodyLimit)  # outermost: the size check runs before anything reads a body
 
@@ -199,8 +289,7 @@ class RayalignIngress(DynamicModelsIngress):
                 step=entry.step,
                 parent=entry.parent,
                 metrics=entry.metrics,
-                path=entry.path,
-            )
+            )  # never the checkpoint's path: clients have no business with the server's disk
         created = int(entry.created) if entry else int(time.time())
         return ModelCard(
             id=name,
@@ -226,7 +315,11 @@ class RayalignIngress(DynamicModelsIngress):
         return JSONResponse(self._card(model, served[model]).model_dump())
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        return await self._missing(body.model, "chat") or await super().chat(body, request)
+        return (
+            _bad_role(body.messages)
+            or await self._missing(body.model, "chat")
+            or await super().chat(body, request)
+        )
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         return await self._missing(body.model, "chat") or await super().completions(body, request)
@@ -246,6 +339,21 @@ class RayalignIngress(DynamicModelsIngress):
 
     async def playground(self) -> HTMLResponse:
         return HTMLResponse(_playground_html())
+
+
+def _bad_role(messages: list[Any]) -> JSONResponse | None:
+    """400 for the first message whose role the OpenAI chat API does not have."""
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+        if role not in CHAT_ROLES:
+            return openai_error(
+                400,
+                f"Invalid role {role!r} in messages[{i}]; "
+                f"expected one of: {', '.join(sorted(CHAT_ROLES))}.",
+                "invalid_role",
+                f"messages[{i}].role",
+            )
+    return None
 
 
 def _playground_html() -> str:

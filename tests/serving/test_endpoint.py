@@ -33,6 +33,10 @@ def test_models_lists_every_registered_checkpoint(client):
     assert models["base"].model_extra["metadata"]["stage"] == "base"
     assert models["sft"].model_extra["metadata"]["metrics"]["heldout_accuracy"] > 0
     assert client.models.retrieve("sft").id == "sft"
+    # Stage, step, parent and metrics, but nothing of the server's filesystem.
+    for model in models.values():
+        assert "path" not in model.model_extra["metadata"]
+        assert "/" not in json.dumps(model.model_extra["metadata"]["metrics"])
 
 
 @pytest.mark.parametrize("model", ["base", "sft"])
@@ -208,6 +212,25 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(http, clien
     _error(http.post("/v1/score", json={"model": "rm", "messages": QUESTION}), 400)
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.chat.completions.create(model="base", messages=QUESTION, max_tokens=100_000)
+    # The user-facing message only: nothing of Ray's internals or exception classes.
+    too_long = {"model": "base", "messages": QUESTION, "max_tokens": 100_000}
+    reply = http.post("/v1/chat/completions", json=too_long)
+    error = _error(reply, 400)
+    assert error["type"] == "invalid_request_error" and reply.headers["x-request-id"]
+    for leaked in ("Internal exception", "ray.llm", "_internal", "Request ID", "Error:"):
+        assert leaked not in error["message"], error
+    bad_utf8 = http.post(
+        "/v1/chat/completions",
+        content=b'{"model": "base", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+        headers={"Content-Type": "application/json"},
+    )
+    _error(bad_utf8, 400)
+    wizard = [{"role": "wizard", "content": "What is 1 + 1?"}]
+    role = _error(
+        http.post("/v1/chat/completions", json={"model": "base", "messages": wizard}), 400
+    )
+    assert role["param"] == "messages[0].role" and "wizard" in role["message"]
+    _error(http.get("/v1/no-such-route"), 404)
     huge = {"model": "base", "messages": [{"role": "user", "content": "x" * 100_000}]}
     error = _error(http.post("/v1/chat/completions", json=huge), 413)
     assert error["code"] == "request_too_large"

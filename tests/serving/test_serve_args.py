@@ -142,3 +142,41 @@ def test_chat_builder_makes_the_llm_config_with_rayaligns_engine_callback(ray_lo
     module, _, cls = llm.callback_config.callback_class.partition(":")
     callback = getattr(importlib.import_module(module), cls)  # as the replica loads it
     assert callback is EngineInitCallback and issubclass(callback, CallbackBase)
+
+
+@pytest.mark.parametrize(
+    ("host", "key", "allow", "refused"),
+    [
+        ("127.0.0.1", None, False, False),
+        ("localhost", None, False, False),
+        ("::1", None, False, False),
+        ("0.0.0.0", None, False, True),
+        ("10.1.2.3", None, False, True),
+        ("my-node.internal", None, False, True),
+        ("0.0.0.0", "k3y", False, False),
+        ("0.0.0.0", None, True, False),
+    ],
+)
+def test_an_open_host_needs_a_key_or_an_explicit_risk(tmp_path, host, key, allow, refused):
+    from serving.config import check_exposure
+
+    config = ServingConfig(registry=str(tmp_path), host=host, api_key=key, allow_no_api_key=allow)
+    if refused:
+        with pytest.raises(ValueError, match="without an API key.*--insecure-no-api-key"):
+            check_exposure(config)
+    else:
+        check_exposure(config)
+
+
+def test_serve_cli_refuses_an_open_host_before_starting_anything(tmp_path, capsys, monkeypatch):
+    from pipelines.cli import main
+    from serving import endpoint
+
+    def connect(*_, **__):
+        raise AssertionError("the endpoint connected to Ray before refusing the host")
+
+    monkeypatch.setattr(endpoint, "connect", connect)
+    monkeypatch.delenv("RAYALIGN_API_KEY", raising=False)
+    Registry(tmp_path).register(RegistryEntry("base", "base", "chat", "/ckpt/base"))
+    assert main(["serve", "--registry", str(tmp_path), "--host", "0.0.0.0"]) == 2
+    assert "without an API key" in capsys.readouterr().err
