@@ -71,6 +71,9 @@ class GenerationWorker(WeightReceiver):
             max_tokens=sampling.max_tokens,
             seed=sampling.seed,
             logprobs=0,
+            # The text is decoded here once the tokens are in; vLLM's incremental
+            # detokenizer and its decoding of every log-prob token would be wasted work.
+            detokenize=False,
         )
         prompt_ids = [self.encode(r.messages) for r in requests]
         outputs = self.llm.generate(

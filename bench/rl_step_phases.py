@@ -50,7 +50,8 @@ def run_mode(
         1:
     ]  # skip warm-up
     keys = [k for k in rows[0] if k.startswith("time/")]
-    out = {k.removeprefix("time/"): statistics.median(r[k] for r in rows) for k in keys}
+    # (`generate_wait` is missing from an async run's last step: nothing comes after it.)
+    out = {k.removeprefix("time/"): statistics.median(r[k] for r in rows if k in r) for k in keys}
     # Step time over the longer of sampling and training (score + reference + update):
     # 1.0 when one hides the other completely (async), their sum over the max when sync.
     out["step_over_max_generate_train"] = statistics.median(
