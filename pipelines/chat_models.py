@@ -15,6 +15,7 @@ from typing import Protocol
 import httpx
 
 from pipelines.safety_config import ChatModelSpec
+from rayalign.http_retry import RetriesExhausted, RetryPolicy, post_with_retries
 
 
 class ChatModel(Protocol):
@@ -32,7 +33,9 @@ class EndpointError(RuntimeError):
 
 
 class EndpointChat:
-    """Chat completions from an OpenAI-compatible server, `concurrency` requests at a time."""
+    """Chat completions from an OpenAI-compatible server, `concurrency` requests at a time.
+    Timeouts, dropped connections, 429 and 5xx are retried with backoff within
+    `retry_budget_s`; other errors (a 400) are reported at once."""
 
     def __init__(self, spec: ChatModelSpec) -> None:
         self.spec = spec
@@ -43,6 +46,7 @@ class EndpointChat:
             headers={"Authorization": f"Bearer {key}"},
             timeout=spec.timeout_s,
         )
+        self._retry = RetryPolicy(max_retries=spec.max_retries, budget_s=spec.retry_budget_s)
 
     def _one(self, messages: list[dict]) -> str:
         body = {
@@ -52,7 +56,9 @@ class EndpointChat:
             "max_tokens": self.spec.max_tokens,
         }
         try:
-            reply = self._http.post("/chat/completions", json=body)
+            reply = post_with_retries(self._http, "/chat/completions", body, self._retry)
+        except RetriesExhausted as err:
+            raise EndpointError(f"{self.label}: {err}") from None
         except httpx.HTTPError as err:
             raise EndpointError(f"{self.label}: request failed ({err})") from None
         if reply.status_code != 200:

@@ -57,6 +57,19 @@ class ChatModelSpec(Strict):
     max_tokens: int = Field(64, ge=1, description="Longest critique, revision or verdict.")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once (endpoint).")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (endpoint).")
+    max_retries: int = Field(
+        5,
+        ge=0,
+        description=(
+            "Retries of a request that timed out, lost its connection or got 429/5xx, with "
+            "exponential backoff (or the server's Retry-After) (endpoint)."
+        ),
+    )
+    retry_budget_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest one request may take, all attempts and waits included (endpoint).",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> ChatModelSpec:
