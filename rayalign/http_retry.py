@@ -20,10 +20,10 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and for how long to retry one request."""
+    """How often and for how long to retry one request (the caller's config sets both)."""
 
-    max_retries: int = 5
-    budget_s: float = 300.0  # the whole call, first attempt and retries
+    max_retries: int
+    budget_s: float  # the whole call, first attempt and retries
     backoff_s: float = 0.5  # before the first retry; doubles each time
     max_backoff_s: float = 10.0
 
@@ -43,7 +43,7 @@ class RetriesExhausted(RuntimeError):
 
 
 def post_with_retries(
-    client: httpx.Client, path: str, json: dict, policy: RetryPolicy, label: str = ""
+    client: httpx.Client, path: str, json: dict, policy: RetryPolicy
 ) -> httpx.Response:
     """POST `json` to `path`, retrying timeouts, dropped connections, 429 and 5xx.
 
@@ -69,7 +69,7 @@ def post_with_retries(
         spent = time.monotonic() - start
         if attempt > policy.max_retries or spent + wait > policy.budget_s:
             raise RetriesExhausted(
-                f"{label}{': ' if label else ''}{path} failed {attempt} time(s) in {spent:.1f} s "
+                f"{path} failed {attempt} time(s) in {spent:.1f} s "
                 f"(retries {policy.max_retries}, budget {policy.budget_s:g} s); last: {failure}"
             )
         time.sleep(wait)

@@ -185,13 +185,10 @@ class RewardAppArgs(Strict):
     )
 
 
-LOOPBACK_HOSTS = {"localhost", "::1"}
-
-
 def is_loopback(host: str) -> bool:
     import ipaddress
 
-    if host in LOOPBACK_HOSTS:
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
