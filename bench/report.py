@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ABOUT = {
     "rollout_throughput": "Generation tokens/s after warm-up: the vLLM rollout pool with 1 and 2 "
     "workers against HF `generate` on the same model and prompts.",
+    "sampling_overhead": "Seconds to sample the same requests on one vLLM engine with its "
+    "detokenizer on (vLLM's default) and off (token ids only, as rollout workers ask).",
     "weight_sync": "Learner-to-engine weight sync by transport (colocated in-process, "
     "collective gloo broadcast in buckets, object store) and phase (export, pack, send, "
     "receive or put/get, vLLM `reload_weights`), next to a plain memory copy of the bytes.",

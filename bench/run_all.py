@@ -8,6 +8,7 @@ import sys
 BENCHMARKS = [
     ["bench.rollout_throughput", "--preset", "tiny"],
     ["bench.rollout_throughput", "--preset", "small"],
+    ["bench.sampling_overhead"],
     ["bench.weight_sync"],
     ["bench.rl_step_phases"],
     ["bench.rl_vs_trl"],
