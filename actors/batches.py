@@ -9,11 +9,16 @@ import torch
 
 @dataclass
 class PromptRequest:
-    """One prompt to sample for; `index` is its position in the step's batch."""
+    """One prompt to sample for; `index` is its position in the step's batch.
+
+    `seed`, when set, seeds this prompt's samples (its i-th sample draws from seed + i),
+    whichever worker and batch it lands in; else `SamplingOptions.seed` applies.
+    """
 
     index: int
     messages: list[dict]
     ground_truth: str | None = None
+    seed: int | None = None
 
 
 @dataclass

@@ -32,6 +32,7 @@ class ColocatedWorker(PolicyLearner):
         reference_path: checkpoint of the frozen reference to hold in-process, or None.
         max_model_len: the engine's longest prompt + completion.
         threads: torch threads for every phase (the actor's CPUs); None keeps torch's.
+        weight_version: the version of the weights at `model_path` (a resumed run's step).
         engine_kwargs: passed on to `vllm.LLM`.
     """
 
@@ -48,6 +49,7 @@ class ColocatedWorker(PolicyLearner):
         reference_path: str | None = None,
         max_model_len: int = 256,
         threads: int | None = None,
+        weight_version: int = 0,
         **engine_kwargs: Any,
     ) -> None:
         self.threads = threads
@@ -58,6 +60,7 @@ class ColocatedWorker(PolicyLearner):
             max_model_len=max_model_len,
             seed=seed,
             dtype=dtype,
+            weight_version=weight_version,
             **engine_kwargs,
         )
         super().__init__(model_path, rl, critic_path, rank, world_size, seed, dtype)

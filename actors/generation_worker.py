@@ -24,6 +24,7 @@ class GenerationWorker(WeightReceiver):
         name: label put on every sample (which worker produced it).
         max_model_len: longest prompt + completion, in tokens.
         seed: engine seed (sampling is reproducible per seed and weights).
+        weight_version: the version of the weights at `model_path` (a resumed run's step).
         engine_kwargs: passed on to `vllm.LLM` (e.g. `gpu_memory_utilization`, `dtype`).
     """
 
@@ -33,6 +34,7 @@ class GenerationWorker(WeightReceiver):
         name: str = "gen-0",
         max_model_len: int = 256,
         seed: int = 0,
+        weight_version: int = 0,
         **engine_kwargs: Any,
     ) -> None:
         # The engine runs in this actor's process: weight loads need no extra IPC hop,
@@ -51,7 +53,7 @@ class GenerationWorker(WeightReceiver):
             worker_extension_cls=EXTENSION_CLS,
             **engine_kwargs,
         )
-        self.weight_version = 0
+        self.weight_version = weight_version
 
     def encode(self, messages: list[dict]) -> list[int]:
         return self.tokenizer.apply_chat_template(
@@ -64,17 +66,20 @@ class GenerationWorker(WeightReceiver):
 
         if not requests:
             return []
-        params = SamplingParams(
-            n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-            logprobs=0,
-            # The text is decoded here once the tokens are in; vLLM's incremental
-            # detokenizer and its decoding of every log-prob token would be wasted work.
-            detokenize=False,
-        )
+        params = [
+            SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=sampling.seed if r.seed is None else r.seed,
+                logprobs=0,
+                # The text is decoded here once the tokens are in; vLLM's incremental
+                # detokenizer and its decoding of every log-prob token would be wasted work.
+                detokenize=False,
+            )
+            for r in requests
+        ]
         prompt_ids = [self.encode(r.messages) for r in requests]
         outputs = self.llm.generate(
             [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False

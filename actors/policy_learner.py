@@ -365,7 +365,7 @@ class PolicyLearner(WeightSender):
         if self.rank == 0:
             self.policy.save_pretrained(path, safe_serialization=True)
             self.tokenizer.save_pretrained(path)
-            state = {"policy": self.optimizer.state_dict()}
+            state = {"policy": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
             if self.critic is not None:
                 self.critic.save_pretrained(os.path.join(path, "critic"), safe_serialization=True)
                 state["critic"] = self.critic_optimizer.state_dict()
@@ -376,5 +376,7 @@ class PolicyLearner(WeightSender):
         """Restore optimizer state written by `save` (every rank holds the same state)."""
         state = torch.load(path, map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["policy"])
+        if "torch_rng" in state:  # the learner's random stream continues where it was
+            torch.set_rng_state(state["torch_rng"])
         if self.critic is not None and "critic" in state:
             self.critic_optimizer.load_state_dict(state["critic"])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
 from pipelines.stage_registry import STAGE_NAMES, load_stage
+from rayalign import interrupts
 from rayalign.config import ConfigError
 from rayalign.data.io import DataError
 from rayalign.logs import configure as configure_logging
@@ -164,7 +166,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
         ok = run_pipeline(config, args.address)
     except KeyboardInterrupt:
         print("[pipeline] interrupted: rerun the same command to resume", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise
     if not ok:
         raise SystemExit(1)
 
@@ -340,8 +342,16 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        args.func(args)
+        # SIGINT and SIGTERM stop the command's actors and jobs (their `finally` blocks),
+        # which say what they kept; a second signal exits at once.
+        with interrupts.stop_on_signals():
+            args.func(args)
     except (ConfigError, DataError, ValueError) as err:
         print(f"rayalign: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        signum = interrupts.received()
+        name = signal.Signals(signum).name if signum else "Ctrl-C"
+        print(f"rayalign: stopped by {name}", file=sys.stderr)
+        return interrupts.exit_code()
     return 0

@@ -14,9 +14,7 @@ import json
 import logging
 import os
 import shlex
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,6 +25,7 @@ from typing import Any
 from ray.job_submission import JobStatus
 
 from pipelines.pipeline_config import PipelineConfig, StageSpec, substitute
+from rayalign.interrupts import stop_on_signals
 from rayalign.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -131,25 +130,6 @@ def stage_entrypoint(spec: StageSpec, values: dict[str, str], storage: str, loca
     return f"cd {shlex.quote(str(REPO))} && {command}" if local else command
 
 
-def _interrupt_on_signals() -> Callable[[], None]:
-    """Make Ctrl-C and SIGTERM interrupt the runner (which then stops its jobs), even when
-    the process started with SIGINT ignored, as background jobs of a shell script do.
-    Returns the function that restores the previous handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    return restore
-
-
 class PipelineRunner:
     """Runs a `PipelineConfig` against the Ray Jobs API at `address`."""
 
@@ -243,48 +223,50 @@ class PipelineRunner:
                     "",
                 )  # failed, blocked or interrupted: again
         self.state.save(self.path)
-        restore = _interrupt_on_signals()
-        try:
-            while True:
-                running = [
-                    s
-                    for s in self.stages
-                    if self.state.stages[s.name].status == StageStatus.RUNNING
-                ]
-                for s in running:
-                    status = self.client.get_job_status(self.state.stages[s.name].job_id)
-                    if status.is_terminal():
-                        self._finish(s, status)
-                    else:
-                        self._stream(s.name, self.state.stages[s.name].job_id)
-                running = [
-                    s
-                    for s in self.stages
-                    if self.state.stages[s.name].status == StageStatus.RUNNING
-                ]
-                done = {
-                    n for n, st in self.state.stages.items() if st.status == StageStatus.SUCCEEDED
-                }
-                ready = [
-                    s
-                    for s in self.stages
-                    if self.state.stages[s.name].status == StageStatus.PENDING
-                    and set(s.after) <= done
-                ]
-                for s in ready[: max(0, self.config.max_parallel - len(running))]:
-                    self._submit(s)
+        # Ctrl-C or SIGTERM (also when started with SIGINT ignored) stops the jobs.
+        with stop_on_signals():
+            try:
+                while True:
+                    running = [
+                        s
+                        for s in self.stages
+                        if self.state.stages[s.name].status == StageStatus.RUNNING
+                    ]
+                    for s in running:
+                        status = self.client.get_job_status(self.state.stages[s.name].job_id)
+                        if status.is_terminal():
+                            self._finish(s, status)
+                        else:
+                            self._stream(s.name, self.state.stages[s.name].job_id)
+                    running = [
+                        s
+                        for s in self.stages
+                        if self.state.stages[s.name].status == StageStatus.RUNNING
+                    ]
+                    done = {
+                        n
+                        for n, st in self.state.stages.items()
+                        if st.status == StageStatus.SUCCEEDED
+                    }
+                    ready = [
+                        s
+                        for s in self.stages
+                        if self.state.stages[s.name].status == StageStatus.PENDING
+                        and set(s.after) <= done
+                    ]
+                    for s in ready[: max(0, self.config.max_parallel - len(running))]:
+                        self._submit(s)
+                    self.state.save(self.path)
+                    if on_poll:
+                        on_poll()
+                    if not running and not ready:
+                        break
+                    time.sleep(poll_s)
+            except KeyboardInterrupt:
+                self._stop_running()
+                raise
+            finally:
                 self.state.save(self.path)
-                if on_poll:
-                    on_poll()
-                if not running and not ready:
-                    break
-                time.sleep(poll_s)
-        except KeyboardInterrupt:
-            self._stop_running()
-            raise
-        finally:
-            restore()
-            self.state.save(self.path)
         return all(st.status == StageStatus.SUCCEEDED for st in self.state.stages.values())
 
     def _stop_running(self) -> None:

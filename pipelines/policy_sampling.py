@@ -18,11 +18,14 @@ def build_pool(
     dtype: str = "float32",
     anchors: dict | None = None,
     source: Any = None,
+    weight_version: int = 0,
 ) -> RolloutPool:
     """A RolloutPool of GenerationWorkers serving `model_path` in `dtype`, placed as
     `rollout` says; `target` (the RL run controller's wanted size) lets it grow or shrink
     while running. `anchors` are colocated learner ranks sampling as workers too; `source`
-    (learner rank 0) broadcasts new weights to the other workers, if given."""
+    (learner rank 0) broadcasts new weights to the other workers, if given.
+    `weight_version` is the version of the weights at `model_path` (a resumed run's step):
+    only samples of the learner's current version measure the vLLM/learner gap."""
     from actors.generation_worker import remote_generation_worker
 
     r = rollout or RolloutConfig()
@@ -30,7 +33,12 @@ def build_pool(
 
     def make(name: str):
         return cls.remote(
-            model_path, name=name, max_model_len=r.max_model_len, seed=seed, dtype=dtype
+            model_path,
+            name=name,
+            max_model_len=r.max_model_len,
+            seed=seed,
+            dtype=dtype,
+            weight_version=weight_version,
         )
 
     return RolloutPool(

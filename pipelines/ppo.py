@@ -35,9 +35,20 @@ def run_rl(config: PPOStageConfig) -> RegistryEntry:
     )
     state = RunState.load(run_dir)
     actors = build_actors(config, state)
-    metrics = MetricsLog(run_dir, config.run.name, config.rl.steps, actors.controller)
+    metrics = MetricsLog(
+        run_dir, config.run.name, config.rl.steps, actors.controller, resume_step=state.step
+    )
     try:
         return RLDriver(config, actors, state, metrics).run()
+    except KeyboardInterrupt:
+        kept = RunState.load(run_dir)
+        metrics.info(
+            f"interrupted: kept {kept.checkpoint} (step {kept.step}); rerun the same command"
+            " to resume from it"
+            if kept.checkpoint
+            else "interrupted before the first checkpoint; a rerun starts at step 0"
+        )
+        raise
     finally:
         metrics.close()
         actors.shutdown()

@@ -76,9 +76,11 @@ def build_actors(config: PPOStageConfig, state: RunState) -> RLActors:
 
     policy_path = state.checkpoint or config.model.name_or_path
     critic = critic_path(config, state)
-    controller = start_controller(config.run.name, config.rollout.num_workers)
+    controller = start_controller(
+        config.run.name, state.rollout_workers or config.rollout.num_workers
+    )
     if config.colocated:
-        learners = build_colocated(config, policy_path, critic, state.optimizer)
+        learners = build_colocated(config, policy_path, critic, state.optimizer, state.step)
         reference = learners[0]
         anchors = {f"colocated-{rank}": learner for rank, learner in enumerate(learners)}
     else:
@@ -93,6 +95,7 @@ def build_actors(config: PPOStageConfig, state: RunState) -> RLActors:
         dtype=config.model.dtype,
         anchors=anchors,
         source=learners[0] if config.rollout.weight_transport == "collective" else None,
+        weight_version=state.step,
     )
     return RLActors(
         pool=pool,
@@ -134,10 +137,15 @@ def critic_path(config: PPOStageConfig, state: RunState) -> str | None:
 
 
 def build_colocated(
-    config: PPOStageConfig, policy_path: str, critic: str | None, optimizer: str | None = None
+    config: PPOStageConfig,
+    policy_path: str,
+    critic: str | None,
+    optimizer: str | None = None,
+    weight_version: int = 0,
 ) -> list[Any]:
     """`learner.num_learners` ColocatedWorkers, rank 0 first: each holds a learner rank and
-    a vLLM engine, rank 0 the reference too, with the CPUs of all it holds as its threads."""
+    a vLLM engine, rank 0 the reference too, with the CPUs of all it holds as its threads.
+    `weight_version`: the step of `policy_path` (a resumed run's)."""
     from actors.colocated_worker import ColocatedWorker
 
     lc, ro, ref = config.learner, config.rollout, config.reference_actor
@@ -150,6 +158,7 @@ def build_colocated(
             else None,
             "max_model_len": ro.max_model_len,
             "threads": max(1, int(cpus)),
+            "weight_version": weight_version,
         }
         return {"num_cpus": cpus, "extra": extra}
 

@@ -25,12 +25,19 @@ class RunState:
         checkpoint: the policy's HF directory at `step`.
         optimizer: the learners' optimizer state (`optimizer.pt` in the checkpoint).
         critic: the critic's HF directory (PPO only).
+        rollout_workers: the run controller's wanted pool size at `step` (a resize made
+            with `rayalign scale` outlives the restart).
+
+    The rest a step depends on needs no saving: the data order and each prompt's
+    sampling seed are functions of (run.seed, step) (`RLDriver.requests`), and the
+    learners' RNG state travels in `optimizer.pt`.
     """
 
     step: int = 0
     checkpoint: str | None = None
     optimizer: str | None = None
     critic: str | None = None
+    rollout_workers: int | None = None
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
@@ -46,10 +53,15 @@ class RunState:
 
 
 def save_checkpoint(
-    config: PPOStageConfig, learner, step: int, metrics: dict[str, float]
+    config: PPOStageConfig,
+    learner,
+    step: int,
+    metrics: dict[str, float],
+    rollout_workers: int | None = None,
 ) -> RegistryEntry:
-    """Have rank 0 `learner` write checkpoint-{step}, record it in state.json and register it
-    as `{run.name}-step-{step}` with `metrics`."""
+    """Have rank 0 `learner` write checkpoint-{step}, record it (and the wanted pool size
+    `rollout_workers`) in state.json and register it as `{run.name}-step-{step}` with
+    `metrics`."""
     run_dir = config.run_dir
     path = run_dir / f"checkpoint-{step:06d}"
     ray.get(learner.save.remote(str(path)))
@@ -58,6 +70,7 @@ def save_checkpoint(
         checkpoint=str(path),
         optimizer=str(path / "optimizer.pt"),
         critic=str(path / "critic") if config.rl.algorithm == "ppo" else None,
+        rollout_workers=rollout_workers,
     ).write(run_dir)
     entry = RegistryEntry(
         name=f"{config.run.name}-step-{step}",

@@ -16,6 +16,7 @@ the sibling `rl_*` modules.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -97,13 +98,24 @@ class RLDriver:
 
     # -- the phases of a step -------------------------------------------------
     def requests(self, step: int) -> list[PromptRequest]:
-        """Step `step`'s prompts: epochs of a seeded shuffle, `prompts_per_step` at a time."""
+        """Step `step`'s prompts: epochs of a seeded shuffle, `prompts_per_step` at a time,
+        each with its own sampling seed.
+
+        Both are functions of (run.seed, step) alone, so a run resumed at step k draws the
+        same prompts and, with the same weights, the same samples as one never stopped,
+        on any number of workers.
+        """
         order = list(range(len(self.prompts)))
         per_step = self.rl.prompts_per_step
         epoch, offset = divmod(step * per_step, len(order))
         random.Random(self.config.run.seed + epoch).shuffle(order)
         idx = [order[(offset + i) % len(order)] for i in range(per_step)]
-        return [PromptRequest(i, self.prompts[j], self.truths[j]) for i, j in enumerate(idx)]
+        return [
+            PromptRequest(
+                i, self.prompts[j], self.truths[j], seed=sample_seed(self.config.run.seed, step, i)
+            )
+            for i, j in enumerate(idx)
+        ]
 
     def generate(
         self, requests: list[PromptRequest], n: int | None = None, seed: int | None = None
@@ -325,7 +337,10 @@ class RLDriver:
         self.metrics.log_step(done, metrics, timings, pool.size, len(pool.stats.samples_per_worker))
         self.autoscale(timings)
         if done % self.rl.save_steps == 0 or done == self.rl.steps:
-            self.entry = save_checkpoint(self.config, self.actors.learners[0], done, metrics)
+            wanted = ray.get(self.actors.controller.get_rollout_workers.remote())
+            self.entry = save_checkpoint(
+                self.config, self.actors.learners[0], done, metrics, rollout_workers=wanted
+            )
         return ahead
 
     def autoscale(self, timings: dict[str, float]) -> None:
@@ -335,6 +350,13 @@ class RLDriver:
         )
         if wanted is not None:
             self.actors.controller.set_rollout_workers.remote(wanted)
+
+
+def sample_seed(run_seed: int, step: int, index: int) -> int:
+    """The sampling seed of prompt `index` of step `step`: 48 bits of a hash, so the
+    `seed + i` of a prompt's group_size samples never meet another prompt's."""
+    digest = hashlib.blake2b(f"{run_seed}/{step}/{index}".encode(), digest_size=6).digest()
+    return int.from_bytes(digest, "big")
 
 
 def _clocked(fn, *args) -> tuple[Any, float]:

@@ -18,16 +18,26 @@ class MetricsLog:
         run_name: prefix of the progress lines.
         steps: the run's last step, for "step N/steps".
         controller: the run's RunController handle, told each step's metrics.
+        resume_step: the step the run (re)starts from. What an earlier attempt logged
+            after it is cut away (it will be logged again), so every step appears once in
+            metrics.jsonl, eval.jsonl and TensorBoard.
     """
 
-    def __init__(self, run_dir: Path, run_name: str, steps: int, controller) -> None:
+    def __init__(
+        self, run_dir: Path, run_name: str, steps: int, controller, resume_step: int = 0
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = run_dir
         self.run_name = run_name
         self.steps = steps
         self.controller = controller
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        # A fresh start evaluates step 0 again; a resumed one logs from resume_step + 1.
+        keep_through = resume_step if resume_step else -1
+        for name in ("metrics.jsonl", "eval.jsonl"):
+            truncate_jsonl(run_dir / name, keep_through)
+        # TensorBoard drops the events at or after purge_step that earlier files hold.
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=keep_through + 1)
 
     def info(self, message: str) -> None:
         """A progress line, prefixed with the run's name."""
@@ -71,3 +81,21 @@ class MetricsLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def truncate_jsonl(path: Path, keep_through: int) -> None:
+    """Keep the rows of `path` whose "step" is at most `keep_through`, replacing the file
+    atomically (a crash leaves the old one); a torn last line goes too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # the half-written line of a killed run
+        if row.get("step", 0) <= keep_through:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)

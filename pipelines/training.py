@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from transformers import Trainer, TrainerCallback
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
 
 from pipelines.stage_registry import StageDefinition
@@ -214,6 +215,21 @@ class ReportCallback(TrainerCallback):
         )
 
 
+class ResumableTensorBoard(TensorBoardCallback):
+    """HF's TensorBoard logging, with the steps an earlier attempt logged after the
+    checkpoint this one resumes from cut away (`purge_step`): each step shows once."""
+
+    def __init__(self, purge_step: int) -> None:
+        super().__init__()
+        self.purge_step = purge_step
+
+    def _init_summary_writer(self, args) -> None:
+        if self._SummaryWriter is not None:
+            self.tb_writer = self._SummaryWriter(
+                log_dir=self.logging_dir, purge_step=self.purge_step
+            )
+
+
 def _resume_dir(checkpoint) -> str | None:
     """The HF checkpoint directory to resume from, if Ray Train has one."""
     if checkpoint is None:
@@ -222,11 +238,16 @@ def _resume_dir(checkpoint) -> str | None:
     return path if (Path(path) / "trainer_state.json").exists() else None
 
 
+def _resume_step(resume: str | None) -> int:
+    if not resume:
+        return 0
+    return int(json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"])
+
+
 def _record_attempt(run_dir: Path, resume: str | None, world_size: int) -> None:
     """Append which step this (re)start of the worker group begins at to attempts.jsonl."""
-    step = 0
+    step = _resume_step(resume)
     if resume:
-        step = int(json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"])
         logger.info(f"[rayalign] resuming from {resume} at step {step}")
     with open(run_dir / "attempts.jsonl", "a") as f:
         f.write(
@@ -253,6 +274,10 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
 
         trainer.add_callback(ProgressCallback(stage.name))
     resume = _resume_dir(ray.train.get_checkpoint())
+    if trainer.callback_handler.pop_callback(TensorBoardCallback) is not None:
+        # A fresh start (step 0) also drops what an attempt without a checkpoint logged.
+        step = _resume_step(resume)
+        trainer.add_callback(ResumableTensorBoard(purge_step=step + 1 if step else 0))
     if rank == 0:
         _record_attempt(config.run_dir, resume, ctx.get_world_size())
     trainer.train(resume_from_checkpoint=resume)
@@ -334,7 +359,11 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        logger.info(f"[{stage.name}] interrupted: {kept_checkpoint(run_dir)}")
+        raise
     final_path = _final_checkpoint_path(result)
     step = int(json.loads((Path(final_path) / "trainer_state.json").read_text())["global_step"])
     logger.info(f"[{stage.name}] trained {step} steps; measuring {final_path}")
@@ -362,6 +391,17 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
         + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
     )
     return entry
+
+
+def kept_checkpoint(run_dir: Path) -> str:
+    """What a rerun of the stage resumes from: Ray Train's last committed checkpoint."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        latest = snapshot["latest_checkpoint_result"]
+        name, step = latest["checkpoint_dir_name"], latest["metrics"].get("step")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no checkpoint committed yet; a rerun starts at step 0"
+    return f"kept {run_dir / name} (step {step}); rerun the same command to resume from it"
 
 
 def _final_checkpoint_path(result) -> str:

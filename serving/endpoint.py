@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections.abc import Callable
 
@@ -11,6 +10,7 @@ import ray
 from ray import serve
 
 from rayalign.cluster import init_ray
+from rayalign.interrupts import stop_on_signals
 from serving.config import ServingConfig, check_exposure
 from serving.deploy import (
     INGRESS_APP,
@@ -60,40 +60,34 @@ def serve_until_interrupted(
 ) -> None:
     """Publish what the registry holds and `watch` has not, wait until every model (and
     the ingress) runs, then follow the registry (when `config.watch_interval_s` is set)
-    until Ctrl-C or SIGTERM; always disconnect the driver at the end, and shut Serve
-    down unless `stop_serve` is False (the caller stops the whole cluster anyway)."""
+    until Ctrl-C or SIGTERM (KeyboardInterrupt reaches the caller: the CLI exits 130 or
+    143); always disconnect the driver at the end, and shut Serve down unless
+    `stop_serve` is False (the caller stops the whole cluster anyway)."""
 
-    def _interrupt(signum, frame):
-        # Also while a deployment is being waited on: Ctrl-C never waits for engines.
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        wanted = selected(config)
-        log.info("[serve] serving %d checkpoint(s): %s", len(wanted), ", ".join(wanted))
-        started = time.monotonic()
-        watch.sync(wait=False)
-        wait_running([INGRESS_APP, *(app_name(e.kind, n) for n, e in wanted.items())])
-        log.info("[serve] ready in %.0fs", time.monotonic() - started)
-        log_usage(config, sorted(watch.published))
-        if on_ready:
-            on_ready()
-        while True:
-            time.sleep(config.watch_interval_s or 1.0)
-            if config.watch_interval_s:
-                try:
-                    added, removed = watch.sync()
-                except (ServeError, ValueError) as err:
-                    log.warning("[serve] registry change not applied: %s", err)
-                    continue
-                if added or removed:
-                    log.info("[serve] published %s, removed %s", added or "-", removed or "-")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        shutdown(stop_serve)
+    # Also while a deployment is being waited on: Ctrl-C never waits for engines.
+    with stop_on_signals():
+        try:
+            wanted = selected(config)
+            log.info("[serve] serving %d checkpoint(s): %s", len(wanted), ", ".join(wanted))
+            started = time.monotonic()
+            watch.sync(wait=False)
+            wait_running([INGRESS_APP, *(app_name(e.kind, n) for n, e in wanted.items())])
+            log.info("[serve] ready in %.0fs", time.monotonic() - started)
+            log_usage(config, sorted(watch.published))
+            if on_ready:
+                on_ready()
+            while True:
+                time.sleep(config.watch_interval_s or 1.0)
+                if config.watch_interval_s:
+                    try:
+                        added, removed = watch.sync()
+                    except (ServeError, ValueError) as err:
+                        log.warning("[serve] registry change not applied: %s", err)
+                        continue
+                    if added or removed:
+                        log.info("[serve] published %s, removed %s", added or "-", removed or "-")
+        finally:
+            shutdown(stop_serve)
 
 
 def shutdown(stop_serve: bool = True) -> None:

@@ -152,6 +152,20 @@ def rm_entry(sft_entry, easy_pairs, runs_dir):
     return stage.run(config)
 
 
+def tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
+    """The steps of `tag` that TensorBoard shows: event files in the order written, each
+    SessionLog.START (a writer's purge_step) dropping the events at or after its step."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps: list[int] = []
+    for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            if event.HasField("session_log") and event.session_log.status == 1:  # START
+                steps = [s for s in steps if s < event.step]
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+    return steps
+
+
 def cluster_processes(marker: str) -> list:
     """Processes of this session's Ray cluster (descendants of this process) whose command
     line contains `marker`, e.g. "RayTrainWorker": never another cluster's on the machine."""

@@ -65,10 +65,10 @@ def test_serve_publish_remove_and_ctrl_c(head_node, tmp_path):
         assert removed.returncode == 0, removed.stderr[-3000:]
         time.sleep(1.5)
         assert served_models(port) == {"base"}
-        # Ctrl-C shuts the endpoint down cleanly.
+        # Ctrl-C shuts the endpoint down cleanly, with the shell's code for it.
         serve.send_signal(signal.SIGINT)
         out, _ = serve.communicate(timeout=120)
-        assert serve.returncode == 0, out[-3000:]
+        assert serve.returncode == 130, out[-3000:]
         assert "[serve] shutting down" in out and "[serve] ready" in out
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{url}/v1/models", timeout=5)
@@ -78,7 +78,7 @@ def test_serve_publish_remove_and_ctrl_c(head_node, tmp_path):
             serve.wait()
 
 
-def test_ctrl_c_while_engines_deploy_exits_without_waiting_for_them(head_node, tmp_path):
+def test_sigterm_while_engines_deploy_exits_without_waiting_for_them(head_node, tmp_path):
     registry = tmp_path / "runs"
     register_tiny(registry, "base", seed=0)
     serve = start_serve(registry, free_port(), head_node)
@@ -88,10 +88,10 @@ def test_ctrl_c_while_engines_deploy_exits_without_waiting_for_them(head_node, t
             line = serve.stdout.readline()
             assert line, f"rayalign serve exited early: {''.join(lines)[-3000:]}"
             lines.append(line)
-        serve.send_signal(signal.SIGINT)  # the engine is still starting
+        serve.send_signal(signal.SIGTERM)  # the engine is still starting
         out, _ = serve.communicate(timeout=120)
         out = "".join(lines) + out
-        assert serve.returncode == 0, out[-3000:]
+        assert serve.returncode == 143, out[-3000:]
         assert "[serve] shutting down" in out
         assert "[serve] ready" not in out  # it left without waiting for the engine
     finally:

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import checkpoint_committed, cluster_processes, stage_config
+from tests.conftest import (
+    checkpoint_committed,
+    cluster_processes,
+    stage_config,
+    tensorboard_steps,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -144,19 +149,33 @@ def test_interrupted_driver_rerun_resumes_at_saved_step(
         "run.name=rerun",
         "training.max_steps=300",
         "training.save_steps=20",
+        "training.logging_steps=5",
     ]
     # Both drivers attach to the session's cluster; killing one ends its job like a lost driver.
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     first = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
-        # Killed once Ray Train has committed a checkpoint (a directory alone may not be
-        # resumable yet: the rerun then starts at step 0).
+        # Stopped once Ray Train has committed a checkpoint (a directory alone may not be
+        # resumable yet: the rerun then starts at step 0) and a few steps more.
         _wait_for(lambda: checkpoint_committed(config.run_dir), 300, "the first checkpoint")
+        time.sleep(2)
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=120)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert first.returncode == 143, out[-3000:]
+    kept = json.loads((config.run_dir / "checkpoint_manager_snapshot.json").read_text())
+    kept = kept["latest_checkpoint_result"]["checkpoint_dir_name"]
+    assert f"[sft] interrupted: kept {config.run_dir / kept}" in out, out[-3000:]
     saved = sorted(p.name for p in config.run_dir.glob("checkpoint-*"))
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -167,3 +186,6 @@ def test_interrupted_driver_rerun_resumes_at_saved_step(
         x for x in reversed(second.stdout.splitlines()) if x.startswith('{"registered"')
     )
     assert json.loads(registered)["step"] == 300
+    # Each logged step once in TensorBoard, although the first attempt logged past the
+    # checkpoint the rerun resumed from.
+    assert tensorboard_steps(config.run_dir, "train/loss") == list(range(5, 301, 5))

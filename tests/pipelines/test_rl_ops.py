@@ -16,7 +16,7 @@ import pytest
 
 from rayalign.config import load_config
 from rayalign.rl_config import PPOStageConfig
-from tests.conftest import cluster_processes
+from tests.conftest import cluster_processes, tensorboard_steps
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,10 +141,18 @@ def test_killed_generation_worker_mid_run(
     assert out["entry"].step == 6
 
 
-def test_interrupted_rl_run_resumes_at_saved_step(ray_local, tiny_model, arithmetic_data, runs_dir):
+def test_sigterm_then_rerun_replays_the_uninterrupted_run(
+    ray_local, tiny_model, arithmetic_data, runs_dir
+):
     import ray
+    import torch
+    from safetensors.torch import load_file
 
-    config = _config(tiny_model, arithmetic_data, runs_dir, "rl-rerun")
+    from pipelines.ppo import run_rl
+
+    extra = ["rl.steps=8", f"data.prompts_eval={arithmetic_data / 'prompts_test.jsonl'}"]
+    extra += ["rl.eval_steps=3", "rl.eval_samples=1"]
+    config = _config(tiny_model, arithmetic_data, runs_dir, "rl-rerun", *extra)
     cmd = [
         sys.executable,
         "-m",
@@ -154,27 +162,61 @@ def test_interrupted_rl_run_resumes_at_saved_step(ray_local, tiny_model, arithme
         "--config",
         str(ROOT / "configs/tiny/grpo.yaml"),
         *_overrides(tiny_model, arithmetic_data, runs_dir, "rl-rerun"),
+        *extra,
     ]
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     first = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+    state = config.run_dir / "state.json"
+
+    def saved() -> int:
+        return json.loads(state.read_text())["step"] if state.exists() else 0
+
     try:
-        state = config.run_dir / "state.json"
+        # Stopped after a checkpoint with a step logged past it, which the rerun cuts away.
         deadline = time.time() + 300
-        while (
-            not (state.exists() and json.loads(state.read_text())["step"] >= 2)
-            and time.time() < deadline
-        ):
-            time.sleep(0.2)
+        while not (saved() >= 2 and max(r["step"] for r in _rows(config)) > saved()):
+            assert first.poll() is None and time.time() < deadline, "no step past a save"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=120)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    saved = json.loads(state.read_text())["step"]
-    assert saved in (2, 4)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    kept = saved()
+    assert first.returncode == 143, out[-3000:]
+    assert f"interrupted: kept {config.run_dir / f'checkpoint-{kept:06d}'} (step {kept})" in out
+    assert "rayalign: stopped by SIGTERM" in out
+    assert kept in (2, 4, 6)
+
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"resuming at step {saved}" in second.stdout
-    steps = [r["step"] for r in _rows(config)]
-    assert steps[-(6 - saved) :] == list(range(saved + 1, 7))
-    assert _registered(second.stdout)["step"] == 6
+    assert f"resuming at step {kept}" in second.stdout
+    assert _registered(second.stdout)["step"] == 8
+
+    # Every step once in every log.
+    rows = _rows(config)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    evals = [
+        json.loads(x)["step"] for x in (config.run_dir / "eval.jsonl").read_text().splitlines()
+    ]
+    assert evals == [0, 3, 6, 8]
+    assert tensorboard_steps(config.run_dir, "reward") == list(range(1, 9))
+
+    # The same samples and the same final policy as a run never stopped.
+    straight = _config(tiny_model, arithmetic_data, runs_dir, "rl-straight", *extra)
+    run_rl(straight)
+    assert [r["reward"] for r in _rows(straight)] == [r["reward"] for r in rows]
+    assert [r["tokens"] for r in _rows(straight)] == [r["tokens"] for r in rows]
+    final = load_file(str(config.run_dir / "checkpoint-000008" / "model.safetensors"))
+    expected = load_file(str(straight.run_dir / "checkpoint-000008" / "model.safetensors"))
+    assert final.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
