@@ -4,7 +4,6 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.rayalign-installed
 EXTRAS  ?= cpu,dev
-export RAY_AUTH_MODE ?= disabled
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export VLLM_CPU_OMP_THREADS_BIND ?= nobind
 export TOKENIZERS_PARALLELISM ?= false

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -11,12 +12,14 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import ray
+
+from rayalign import interrupts
 
 
 def init_ray(min_cpus: float, address: str | None = None, **init_kwargs) -> None:
@@ -29,6 +32,14 @@ def init_ray(min_cpus: float, address: str | None = None, **init_kwargs) -> None
     """
     if ray.is_initialized():
         return
+    try:
+        _init(min_cpus, address, **init_kwargs)
+    finally:
+        # ray.init replaces SIGTERM's handler: a graceful stop needs ours back.
+        interrupts.reinstall()
+
+
+def _init(min_cpus: float, address: str | None, **init_kwargs) -> None:
     num_cpus = max(os.cpu_count() or 1, math.ceil(min_cpus))
     target = address or os.environ.get("RAY_ADDRESS")
     if target == "local":  # a new private cluster, sized for the stage like the fallback below
@@ -50,6 +61,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def default_token_path() -> Path:
+    """Where Ray looks for its auth token when neither RAY_AUTH_TOKEN nor
+    RAY_AUTH_TOKEN_PATH is set (`ray get-auth-token` reads and writes it)."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+def with_token_auth(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with Ray's token auth on, for a cluster rayalign starts for a user.
+
+    The token is generated on first use (256 random bits in `default_token_path()`,
+    readable by the user only), unless RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH names one.
+    Every Ray client of the user (`ray job submit`, the dashboard, `ray.init`) finds it
+    there. An explicit RAY_AUTH_MODE=disabled is kept: a test's throwaway cluster.
+    """
+    env = dict(env)
+    if env.get(AUTH_MODE_ENV, "").lower() == "disabled":
+        return env
+    if not env.get("RAY_AUTH_TOKEN") and not env.get("RAY_AUTH_TOKEN_PATH"):
+        path = default_token_path()
+        if not path.is_file() or not path.read_text().strip():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    env[AUTH_MODE_ENV] = "token"
+    return env
+
+
+def auth_token(env: Mapping[str, str]) -> str | None:
+    """The token a client with environment `env` sends (None: auth is off)."""
+    if env.get(AUTH_MODE_ENV, "").lower() != "token":
+        return None
+    if env.get("RAY_AUTH_TOKEN"):
+        return env["RAY_AUTH_TOKEN"]
+    return Path(env.get("RAY_AUTH_TOKEN_PATH") or default_token_path()).read_text().strip()
+
+
+def use_token_auth() -> bool:
+    """Turn Ray's token auth on for this process (its drivers and Jobs API clients) as
+    `with_token_auth` does for a cluster's environment. Returns whether it is on."""
+    if with_token_auth(os.environ).get(AUTH_MODE_ENV) != "token":
+        return False
+    os.environ[AUTH_MODE_ENV] = "token"
+    # Ray caches its config when it is imported: re-read the mode from the environment,
+    # as ray.init does when it turns auth on for a new local cluster (Ray 2.60).
+    from ray._raylet import Config
+
+    Config.initialize("")
+    return True
+
+
 class HeadNode(NamedTuple):
     jobs: str  # the dashboard / Jobs API URL
     gcs: str  # the address ray.init() and `rayalign ... --address` take
@@ -62,6 +127,9 @@ def local_head_node(
     """A `ray start --head` cluster on loopback for the duration of the block. Every port
     is a free one, so it never collides with another cluster on the machine. `env` is
     the environment of the cluster's processes (job entrypoints included).
+
+    Ray's token auth is on (`with_token_auth`), for the cluster and for this process's
+    clients of it, unless `env` says RAY_AUTH_MODE=disabled.
     """
     ray_bin = str(Path(sys.executable).parent / "ray")
     dash_port = free_port()
@@ -74,8 +142,10 @@ def local_head_node(
         "ray-client-server-port": free_port(),
         "runtime-env-agent-port": free_port(),
     }
-    env = {**(os.environ if env is None else env)}
+    env = with_token_auth(os.environ if env is None else env)
     env.pop("RAY_ADDRESS", None)
+    if env.get(AUTH_MODE_ENV) == "token":
+        use_token_auth()
     # Ray counts CPUs logically: declare enough for a stage's actors on a small machine.
     cpus = num_cpus or max(8, os.cpu_count() or 1)
     head = subprocess.Popen(
@@ -98,11 +168,15 @@ def local_head_node(
         stderr=subprocess.DEVNULL,
     )
     address = f"http://127.0.0.1:{dash_port}"
+    token = auth_token(env)
+    version = urllib.request.Request(
+        f"{address}/api/version", headers={"Authorization": f"Bearer {token}"} if token else {}
+    )
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                urllib.request.urlopen(version, timeout=2)
                 break
             except OSError:
                 if head.poll() is not None or time.monotonic() > deadline:
