@@ -148,6 +148,9 @@ def test_interrupted_driver_rerun_resumes_at_saved_step(
         f"run.storage_path={runs_dir}",
         "run.name=rerun",
         "training.max_steps=300",
+        # 400 rows in batches of 20: every checkpoint falls at the end of an epoch, where
+        # a resume that skips the whole next epoch would train nothing (verl #7401).
+        "training.global_batch_size=20",
         "training.save_steps=20",
         "training.logging_steps=5",
     ]
@@ -186,6 +189,10 @@ def test_interrupted_driver_rerun_resumes_at_saved_step(
         x for x in reversed(second.stdout.splitlines()) if x.startswith('{"registered"')
     )
     assert json.loads(registered)["step"] == 300
+    final = json.loads((config.run_dir / "final" / "trainer_state.json").read_text())
+    assert final["epoch"] == pytest.approx(15.0)
+    # The resumed epochs were trained, each step once: from the checkpoint's history on.
+    assert [h["step"] for h in final["log_history"] if "loss" in h] == list(range(5, 301, 5))
     # Each logged step once in TensorBoard, although the first attempt logged past the
     # checkpoint the rerun resumed from.
     assert tensorboard_steps(config.run_dir, "train/loss") == list(range(5, 301, 5))
