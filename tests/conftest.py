@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,14 +40,45 @@ def arithmetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """A private local Ray cluster (never a stray one), shut down at the end."""
+def _start_local_ray():
     import ray
 
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A private local Ray cluster (never a stray one), shut down at the end; a fresh one
+    for each test directory (`pytest_runtest_setup`)."""
+    import ray
+
+    _start_local_ray()
     yield ray
     ray.shutdown()
+
+
+_ray_directory: Path | None = None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Each test directory that uses Ray gets a fresh cluster and driver.
+
+    One driver living through the whole suite (an hour, hundreds of actors) once stopped
+    receiving the GCS's actor-state notifications: its long poll stayed open while the
+    GCS had published the Serve controller ALIVE, so `serve.start` waited forever in CI.
+    Package-scoped fixtures (the serving endpoint) stay within one directory, so they
+    never outlive their cluster.
+    """
+    global _ray_directory
+    if "ray_local" not in item.fixturenames:
+        return
+    import ray
+
+    directory = item.path.parent
+    if ray.is_initialized() and _ray_directory not in (None, directory):
+        ray.shutdown()
+        _start_local_ray()
+    _ray_directory = directory
 
 
 # An arithmetic variant a random `small` model learns in 500 CPU steps at lr 5e-4: sums of
@@ -150,6 +183,26 @@ def rm_entry(sft_entry, easy_pairs, runs_dir):
         ],
     )
     return stage.run(config)
+
+
+def cli_driver_env() -> dict[str, str]:
+    """The environment of a `python -m pipelines` driver attached to the session's cluster."""
+    import ray
+
+    return {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+
+
+def start_cli_driver(args: list[str]) -> subprocess.Popen:
+    """`python -m pipelines ARGS` as a driver of the session's cluster, in a session of its
+    own (a signal reaches it alone), its stdout and stderr together as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines", *args],
+        env=cli_driver_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def tensorboard_steps(run_dir: Path, tag: str) -> list[int]:

@@ -15,8 +15,10 @@ import pytest
 
 from tests.conftest import (
     checkpoint_committed,
+    cli_driver_env,
     cluster_processes,
     stage_config,
+    start_cli_driver,
     tensorboard_steps,
 )
 
@@ -129,13 +131,9 @@ def test_killed_worker_resumes_from_last_checkpoint(
 def test_interrupted_driver_rerun_resumes_at_saved_step(
     ray_local, tiny_model, arithmetic_data, runs_dir
 ):
-    import ray
 
     _, config = _tiny_sft(tiny_model, arithmetic_data, runs_dir, "rerun")
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines",
+    args = [
         "train",
         "sft",
         "--config",
@@ -155,15 +153,7 @@ def test_interrupted_driver_rerun_resumes_at_saved_step(
         "training.logging_steps=5",
     ]
     # Both drivers attach to the session's cluster; killing one ends its job like a lost driver.
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    first = subprocess.Popen(
-        cmd,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    first = start_cli_driver(args)
     try:
         # Stopped once Ray Train has committed a checkpoint (a directory alone may not be
         # resumable yet: the rerun then starts at step 0) and a few steps more.
@@ -180,7 +170,13 @@ def test_interrupted_driver_rerun_resumes_at_saved_step(
     kept = kept["latest_checkpoint_result"]["checkpoint_dir_name"]
     assert f"[sft] interrupted: kept {config.run_dir / kept}" in out, out[-3000:]
     saved = sorted(p.name for p in config.run_dir.glob("checkpoint-*"))
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        [sys.executable, "-m", "pipelines", *args],
+        env=cli_driver_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     attempts = _attempts(config.run_dir)
     resumed_at = attempts[-1]["start_step"]

@@ -16,7 +16,7 @@ import pytest
 
 from rayalign.config import load_config
 from rayalign.rl_config import PPOStageConfig
-from tests.conftest import cluster_processes, tensorboard_steps
+from tests.conftest import cli_driver_env, cluster_processes, start_cli_driver, tensorboard_steps
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,7 +144,6 @@ def test_killed_generation_worker_mid_run(
 def test_sigterm_then_rerun_replays_the_uninterrupted_run(
     ray_local, tiny_model, arithmetic_data, runs_dir
 ):
-    import ray
     import torch
     from safetensors.torch import load_file
 
@@ -153,10 +152,7 @@ def test_sigterm_then_rerun_replays_the_uninterrupted_run(
     extra = ["rl.steps=8", f"data.prompts_eval={arithmetic_data / 'prompts_test.jsonl'}"]
     extra += ["rl.eval_steps=3", "rl.eval_samples=1"]
     config = _config(tiny_model, arithmetic_data, runs_dir, "rl-rerun", *extra)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines",
+    args = [
         "train",
         "ppo",
         "--config",
@@ -164,15 +160,7 @@ def test_sigterm_then_rerun_replays_the_uninterrupted_run(
         *_overrides(tiny_model, arithmetic_data, runs_dir, "rl-rerun"),
         *extra,
     ]
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    first = subprocess.Popen(
-        cmd,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    first = start_cli_driver(args)
     state = config.run_dir / "state.json"
 
     def saved() -> int:
@@ -196,7 +184,13 @@ def test_sigterm_then_rerun_replays_the_uninterrupted_run(
     assert "rayalign: stopped by SIGTERM" in out
     assert kept in (2, 4, 6)
 
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        [sys.executable, "-m", "pipelines", *args],
+        env=cli_driver_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resuming at step {kept}" in second.stdout
     assert _registered(second.stdout)["step"] == 8
