@@ -5,6 +5,9 @@
     and (prompt, revision over original) as a preference split, each row with its whole
     chain as provenance -> train the `then` stages on them
 
+The answers and every `save_every` finished chains are kept in `<run>/data/` as they
+are made: a rerun after an interruption continues where the last attempt stopped.
+
 The critic is any OpenAI-compatible endpoint (our own `rayalign serve`, an external one)
 or a local checkpoint. Run as `rayalign train constitutional --config FILE`.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from pipelines.chat_models import ChatModel, build_chat_model
 from pipelines.constitution import (
@@ -23,10 +26,11 @@ from pipelines.constitution import (
 )
 from pipelines.safety_config import ConstitutionalStageConfig
 from pipelines.safety_stage import (
+    Journal,
     absolute_paths,
+    policy_answers,
     provenance,
     run_safety_stage,
-    sample_policy,
     write_split,
 )
 from pipelines.stage_registry import StageDefinition
@@ -44,17 +48,23 @@ class Chain:
     steps: list[dict] = field(default_factory=list)  # {principle, critique, revision}
 
 
+def chain_rng(seed: int, chain_id: int) -> random.Random:
+    """The principles chain `chain_id` draws, whatever batch it runs in (and on a rerun)."""
+    return random.Random(f"{seed}:{chain_id}")
+
+
 def critique_and_revise(
     critic: ChatModel,
     constitution: Constitution,
     prompts: list[list[dict]],
     chains: list[Chain],
     rounds: int,
-    rng: random.Random,
+    rngs: list[random.Random],
 ) -> None:
-    """Run `rounds` critique-revision rounds over every chain, batched per round."""
+    """Run `rounds` critique-revision rounds over every chain, batched per round; chain
+    i draws its principles from `rngs[i]`."""
     for _ in range(rounds):
-        principles = [rng.choice(constitution.principles) for _ in chains]
+        principles = [rng.choice(constitution.principles) for rng in rngs]
         critiques = critic.complete(
             [
                 critique_messages(prompts[c.prompt_index], c.answer, p)
@@ -76,7 +86,7 @@ def critique_and_revise(
 def build_rows(
     config: ConstitutionalStageConfig,
     constitution: Constitution,
-    critic: ChatModel,
+    critic: str,
     prompts: list[list[dict]],
     chains: list[Chain],
 ) -> tuple[list[dict], list[dict], dict[str, float]]:
@@ -91,7 +101,7 @@ def build_rows(
         origin = provenance(
             config,
             constitution,
-            critic=critic.label,
+            critic=critic,
             principles=[s["principle"] for s in chain.steps],
             original=chain.original,
             chain=chain.steps,
@@ -112,35 +122,65 @@ def build_rows(
     return sft, preference, metrics
 
 
+def revise_all(
+    config: ConstitutionalStageConfig,
+    constitution: Constitution,
+    prompts: list[list[dict]],
+    chains: list[Chain],
+) -> list[Chain]:
+    """Every chain through its rounds, `config.save_every` chains at a time, each batch
+    appended to `<run>/data/chains.jsonl` when done; chains found there (an earlier
+    attempt's) are not revised again. Returns the finished chains in order."""
+    journal = Journal(config, "chains.jsonl", len(chains), "answers revised")
+    todo = journal.todo()
+    if todo:
+        options = config.constitutional
+        critic = build_chat_model(options.critic, config.rollout)
+        try:
+            logger.info(
+                f"[{config.run.name}] {sum(map(len, todo))} answers: {options.revisions} "
+                f"critique-revision round(s) with {critic.label}"
+            )
+            for batch in todo:
+                critique_and_revise(
+                    critic,
+                    constitution,
+                    prompts,
+                    [chains[i] for i in batch],
+                    options.revisions,
+                    [chain_rng(config.run.seed, i) for i in batch],
+                )
+                journal.add([{"id": i, "chain": asdict(chains[i])} for i in batch])
+        finally:
+            critic.close()
+    return [Chain(**row["chain"]) for row in journal.ordered()]
+
+
 def generate_revisions(
     config: ConstitutionalStageConfig, constitution: Constitution, prompts: list[list[dict]]
 ):
-    """Sample, critique and revise; write the splits. Returns (splits, metrics)."""
-    logger.info(f"[{config.run.name}] sampling {len(prompts)} prompts")
-    answers = sample_policy(config, prompts)
+    """Sample, critique and revise; write the splits. Returns (splits, metrics).
+
+    The policy's answers and each batch of finished chains are on disk as soon as they
+    exist, so a rerun after an interruption (or a critic that stayed down) continues
+    where the last attempt stopped.
+    """
+    options = config.constitutional
+    settings = {
+        "constitution": constitution.name,
+        "critic": options.critic.label,
+        "revisions": options.revisions,
+    }
+    answers = policy_answers(config, prompts, settings)
     chains = [
         Chain(prompt_index=i, original=text, answer=text.strip())
         for i, texts in enumerate(answers)
         for text in texts
         if text.strip()
     ]
-    critic = build_chat_model(config.constitutional.critic, config.rollout)
-    try:
-        logger.info(
-            f"[{config.run.name}] {len(chains)} answers: {config.constitutional.revisions} "
-            f"critique-revision round(s) with {critic.label}"
-        )
-        critique_and_revise(
-            critic,
-            constitution,
-            prompts,
-            chains,
-            config.constitutional.revisions,
-            random.Random(config.run.seed),
-        )
-        sft, preference, metrics = build_rows(config, constitution, critic, prompts, chains)
-    finally:
-        critic.close()
+    chains = revise_all(config, constitution, prompts, chains)
+    label = options.critic.label
+    sft, preference, metrics = build_rows(config, constitution, label, prompts, chains)
     if not sft:
         raise ValueError(
             f"{config.run.name}: the critic revised none of {len(chains)} answers; check the "

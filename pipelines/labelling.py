@@ -132,27 +132,38 @@ class LabelStats:
         }
 
 
-def label_pairs(
+Verdicts = tuple[Verdict, Verdict]  # (x before y, y before x)
+
+
+def judge_both_orders(
     labeller: Labeller,
     prompts: Sequence[list[dict]],
     pairs: Sequence[tuple[int, str, str]],
+) -> list[Verdicts]:
+    """The labeller's verdict on each (prompt index, answer x, answer y) as (x, y) and as
+    (y, x)."""
+    if not pairs:
+        return []
+    ps = [prompts[i] for i, _, _ in pairs]
+    xs = [x for _, x, _ in pairs]
+    ys = [y for _, _, y in pairs]
+    forward = labeller.judge(ps, xs, ys)
+    backward = labeller.judge(ps, ys, xs)
+    return list(zip(forward, backward, strict=True))
+
+
+def tally(
+    pairs: Sequence[tuple[int, str, str]], verdicts: Sequence[Verdicts]
 ) -> tuple[list[LabelledPair], LabelStats]:
-    """Judge each (prompt index, answer x, answer y) in both orders; keep consistent verdicts.
+    """Keep the pairs whose two verdicts agree on the answer.
 
     A verdict of "A" for (x, y) must come with "B" for (y, x) to keep x as chosen (and the
     reverse for y). A tie in either order, or verdicts that follow the position instead of
     the answer, drop the pair.
     """
     stats = LabelStats(pairs=len(pairs))
-    if not pairs:
-        return [], stats
-    ps = [prompts[i] for i, _, _ in pairs]
-    xs = [x for _, x, _ in pairs]
-    ys = [y for _, _, y in pairs]
-    forward = labeller.judge(ps, xs, ys)
-    backward = labeller.judge(ps, ys, xs)
     kept: list[LabelledPair] = []
-    for (i, x, y), v1, v2 in zip(pairs, forward, backward, strict=True):
+    for (i, x, y), (v1, v2) in zip(pairs, verdicts, strict=True):
         if v1 is None or v2 is None:
             stats.ties += 1
         elif (v1, v2) == ("A", "B"):
@@ -163,3 +174,13 @@ def label_pairs(
             stats.inconsistent += 1
     stats.kept = len(kept)
     return kept, stats
+
+
+def label_pairs(
+    labeller: Labeller,
+    prompts: Sequence[list[dict]],
+    pairs: Sequence[tuple[int, str, str]],
+) -> tuple[list[LabelledPair], LabelStats]:
+    """Judge each (prompt index, answer x, answer y) in both orders; keep consistent
+    verdicts (`tally`)."""
+    return tally(pairs, judge_both_orders(labeller, prompts, pairs))

@@ -4,6 +4,9 @@
     both orders (programmatic or model labeller) -> keep consistent verdicts -> write the
     preference split with provenance -> train the `then` stages on it
 
+The answers and every `save_every` labelled pairs are kept in `<run>/data/` as they are
+made: a rerun continues where the last attempt stopped.
+
 Run as `rayalign train rlaif --config FILE [key=value ...]`.
 """
 
@@ -18,16 +21,19 @@ from pipelines.labelling import (
     Labeller,
     ModelLabeller,
     ProgrammaticLabeller,
+    Verdicts,
     checks_scorer,
     import_scorer,
-    label_pairs,
+    judge_both_orders,
+    tally,
 )
 from pipelines.safety_config import RLAIFStageConfig
 from pipelines.safety_stage import (
+    Journal,
     absolute_paths,
+    policy_answers,
     provenance,
     run_safety_stage,
-    sample_policy,
     write_split,
 )
 from pipelines.stage_registry import StageDefinition
@@ -60,19 +66,51 @@ def candidate_pairs(
     return pairs
 
 
+def label_all(
+    config: RLAIFStageConfig,
+    labeller: Labeller,
+    prompts: list[list[dict]],
+    pairs: list[tuple[int, str, str]],
+) -> list[Verdicts]:
+    """Both verdicts on every pair, `config.save_every` pairs at a time, each batch
+    appended to `<run>/data/labels.jsonl` when judged; pairs found there (an earlier
+    attempt's) are not judged again."""
+    journal = Journal(config, "labels.jsonl", len(pairs), "pairs labelled")
+    for i, row in journal.rows.items():
+        if i >= len(pairs) or tuple(row["pair"]) != pairs[i]:
+            raise ValueError(f"{journal.path}: pair {i} is not the pair judged now")
+    for batch in journal.todo():
+        verdicts = judge_both_orders(labeller, prompts, [pairs[i] for i in batch])
+        journal.add(
+            [
+                {"id": i, "pair": pairs[i], "forward": v1, "backward": v2}
+                for i, (v1, v2) in zip(batch, verdicts, strict=True)
+            ]
+        )
+    return [(row["forward"], row["backward"]) for row in journal.ordered()]
+
+
 def generate_pairs(
     config: RLAIFStageConfig,
     constitution: Constitution,
     labeller: Labeller,
     prompts: list[list[dict]],
 ):
-    """Sample, pair and label; write the preference split. Returns (splits, metrics)."""
-    logger.info(f"[{config.run.name}] sampling {len(prompts)} prompts")
-    answers = sample_policy(config, prompts)
+    """Sample, pair and label; write the preference split. Returns (splits, metrics).
+
+    The policy's answers and each batch of verdicts are on disk as soon as they exist,
+    so a rerun continues where the last attempt stopped.
+    """
+    settings = {
+        "constitution": constitution.name,
+        "labeller": labeller.label,
+        "max_pairs_per_prompt": config.rlaif.max_pairs_per_prompt,
+    }
+    answers = policy_answers(config, prompts, settings)
     rng = random.Random(config.run.seed)
     pairs = candidate_pairs(answers, config.rlaif.max_pairs_per_prompt, rng)
     logger.info(f"[{config.run.name}] labelling {len(pairs)} pairs in both orders")
-    kept, stats = label_pairs(labeller, prompts, pairs)
+    kept, stats = tally(pairs, label_all(config, labeller, prompts, pairs))
     if not kept:
         raise ValueError(
             f"{config.run.name}: none of {stats.pairs} pairs got a consistent label "

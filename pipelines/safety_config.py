@@ -144,6 +144,12 @@ class SafetyStageConfig(Strict):
     eval_max_new_tokens: int = Field(
         16, ge=1, description="Longest greedy answer when measuring violation rates."
     )
+    save_every: int = Field(
+        64,
+        ge=1,
+        description="Answers revised (constitutional) or pairs labelled (rlaif) between "
+        "appends to the run's data directory; a rerun continues after the last append.",
+    )
 
     @property
     def run_dir(self) -> Path:

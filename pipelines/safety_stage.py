@@ -27,6 +27,7 @@ from pipelines.safety_config import (
 from rayalign.cluster import init_ray
 from rayalign.config import load_config, resolve_local
 from rayalign.data.datasets import load_rows, validate_rows
+from rayalign.data.io import DataError
 from rayalign.registry import DatasetEntry, Registry, RegistryEntry
 
 logger = logging.getLogger(__name__)
@@ -87,11 +88,151 @@ def write_split(config: SafetyStageConfig, split: str, rows: list[dict]) -> Path
     atomically (a crash never leaves half a file)."""
     path = data_dir(config) / f"{split}_train.jsonl"
     validate_rows(rows, SPLIT_FORMATS[split], str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def read_journal(path: Path) -> list[dict]:
+    """The rows earlier attempts appended to `path` (JSON lines). A torn last line (an
+    attempt killed mid-write) is cut off the file; any other bad line is an error."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    rows: list[dict] = []
+    good = 0
+    lines = data.splitlines(keepends=True)
+    for number, line in enumerate(lines, 1):
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("no end of line")
+            rows.append(json.loads(line))
+        except ValueError as err:
+            if number < len(lines):
+                raise DataError(f"{path}: line {number} is not JSON ({err})") from None
+            logger.warning(f"{path}: dropping a torn last line (line {number})")
+            break
+        good += len(line)
+    if good < len(data):
+        with path.open("r+b") as f:
+            f.truncate(good)
+    return rows
+
+
+def append_journal(path: Path, rows: list[dict]) -> None:
+    """Append `rows` to `path` as JSON lines, on disk before this returns."""
+    with path.open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def check_settings(config: SafetyStageConfig, settings: dict[str, Any]) -> None:
+    """Rows kept by an earlier attempt continue only under the settings that made them.
+
+    The first attempt writes `<run>/data/settings.json`; a rerun whose settings differ
+    (another critic, seed, prompt file...) is refused with the keys that changed, rather
+    than mixing rows of two setups in one dataset.
+    """
+    path = data_dir(config) / "settings.json"
+    settings = json.loads(json.dumps(settings))  # as it reads back
+    if not path.exists():
+        _write_atomic(path, json.dumps(settings, indent=2) + "\n")
+        return
+    before = json.loads(path.read_text())
+    changed = sorted(k for k in before.keys() | settings.keys() if before.get(k) != settings.get(k))
+    if changed:
+        raise ValueError(
+            f"{config.run.name}: {data_dir(config)} holds rows of an earlier attempt made "
+            f"with other settings ({', '.join(changed)} changed; see {path}). Rerun with "
+            "the same settings to continue it, or choose another run.name"
+        )
+
+
+def common_settings(config: SafetyStageConfig, prompts: list[list[dict]]) -> dict[str, Any]:
+    """What the policy's answers depend on (`check_settings`)."""
+    return {
+        "model": config.model.name_or_path,
+        "prompts": config.data.prompts,
+        "prompt_count": len(prompts),
+        "seed": config.run.seed,
+        "sampling": config.sampling.model_dump(),
+    }
+
+
+def policy_answers(
+    config: SafetyStageConfig, prompts: list[list[dict]], settings: dict[str, Any]
+) -> list[list[str]]:
+    """`sample_policy`, kept in `<run>/data/answers.jsonl`: a rerun reuses the answers.
+
+    `settings` are what the stage's rows depend on besides the answers (critic, labeller,
+    rounds...): an earlier attempt's rows continue only under the same (`check_settings`).
+    """
+    check_settings(config, {**common_settings(config, prompts), **settings})
+    path = data_dir(config) / "answers.jsonl"
+    if path.exists():
+        answers = [json.loads(x)["answers"] for x in path.read_text().splitlines()]
+        if len(answers) == len(prompts):
+            logger.info(f"[{config.run.name}] reusing the policy's answers in {path}")
+            return answers
+    logger.info(f"[{config.run.name}] sampling {len(prompts)} prompts")
+    answers = sample_policy(config, prompts)
+    _write_atomic(path, "".join(json.dumps({"answers": a}) + "\n" for a in answers))
+    return answers
+
+
+def kept_progress(config: SafetyStageConfig) -> str:
+    """What of an unfinished attempt is on disk, for the message when it stops."""
+    data = data_dir(config)
+    kept = []
+    for name, what in (
+        ("answers.jsonl", "the policy's answers to {} prompts"),
+        ("chains.jsonl", "{} revised answers"),
+        ("labels.jsonl", "{} labelled pairs"),
+    ):
+        if (data / name).exists():
+            with (data / name).open("rb") as f:
+                kept.append(what.format(sum(1 for line in f if line.endswith(b"\n"))))
+    if not kept:
+        return "nothing kept yet; a rerun starts over"
+    return f"kept {', '.join(kept)} in {data}; rerun the same command to continue"
+
+
+class Journal:
+    """A safety stage's finished work items (revised chains, labelled pairs), numbered
+    0..total-1 and appended to `<run>/data/<name>` a batch at a time as they are done; the
+    items an earlier attempt finished are read back and not done again."""
+
+    def __init__(self, config: SafetyStageConfig, name: str, total: int, what: str) -> None:
+        self.config, self.total, self.what = config, total, what
+        self.path = data_dir(config) / name
+        self.rows = {row["id"]: row for row in read_journal(self.path)}
+        if self.rows:
+            logger.info(
+                f"[{config.run.name}] continuing: {len(self.rows)} of {total} {what} by an "
+                f"earlier attempt ({self.path})"
+            )
+
+    def todo(self) -> list[list[int]]:
+        """The items not done yet, `save_every` at a time."""
+        ids = [i for i in range(self.total) if i not in self.rows]
+        size = self.config.save_every
+        return [ids[start : start + size] for start in range(0, len(ids), size)]
+
+    def add(self, rows: list[dict]) -> None:
+        """Keep a finished batch (each row with its item's "id") on disk, then in memory."""
+        append_journal(self.path, rows)
+        self.rows.update((row["id"], row) for row in rows)
+        logger.info(f"[{self.config.run.name}] {len(self.rows)}/{self.total} {self.what}")
+
+    def ordered(self) -> list[dict]:
+        return [self.rows[i] for i in range(self.total)]
 
 
 def finished_splits(config: SafetyStageConfig) -> tuple[dict[str, Path], dict] | None:
@@ -162,6 +303,20 @@ def remote_violations(config: SafetyStageConfig, constitution: Constitution, che
     return ray.get(
         task.remote(checkpoint, constitution, config.data.prompts_eval, config.eval_max_new_tokens)
     )
+
+
+def policy_violations(config: SafetyStageConfig, constitution: Constitution) -> dict:
+    """The policy's held-out violation rates, kept in `<run>/data/policy_violations.json`
+    (a rerun does not measure them again)."""
+    path = data_dir(config) / "policy_violations.json"
+    measured_on = [config.data.prompts_eval, config.eval_max_new_tokens]
+    if path.exists():
+        kept = json.loads(path.read_text())
+        if kept["measured_on"] == measured_on:
+            return kept["rates"]
+    rates = remote_violations(config, constitution, config.model.name_or_path)
+    _write_atomic(path, json.dumps({"measured_on": measured_on, "rates": rates}) + "\n")
+    return rates
 
 
 def sample_policy(config: SafetyStageConfig, prompts: list[list[dict]]) -> list[list[str]]:
@@ -284,8 +439,12 @@ def run_safety_stage(
         splits, metrics = done
         logger.info(f"[{config.run.name}] reusing the data of an earlier attempt")
     else:
-        policy = remote_violations(config, constitution, config.model.name_or_path)
-        splits, metrics = generate(constitution, prompts)
+        policy = policy_violations(config, constitution)
+        try:
+            splits, metrics = generate(constitution, prompts)
+        except BaseException:  # also Ctrl-C and SIGTERM: say what a rerun continues from
+            logger.info(f"[{config.run.name}] stopped: {kept_progress(config)}")
+            raise
         metrics.update({f"policy_{k}": v for k, v in policy.items()})
     datasets = record_splits(config, stage, splits, metrics)
     return finish(config, constitution, splits, datasets, primary)

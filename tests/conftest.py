@@ -205,6 +205,17 @@ def start_cli_driver(args: list[str]) -> subprocess.Popen:
     )
 
 
+def run_cli_driver(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m pipelines ARGS` as a driver of the session's cluster, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines", *args],
+        env=cli_driver_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
     """The steps of `tag` that TensorBoard shows: event files in the order written, each
     SessionLog.START (a writer's purge_step) dropping the events at or after its step."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -192,3 +193,50 @@ def test_safety_stage_paths_are_made_absolute_for_the_actors(tmp_path, monkeypat
     )
     assert rlaif.rlaif.labeller.model.path == "org/hub"  # a hub id stays as it is
     assert rlaif.model.name_or_path == str(tmp_path / "policy")
+
+
+def test_labelling_continues_after_the_labeller_went_down(tmp_path):
+    """A model labeller over HTTP (a real local server) answers 12 requests, then 503s
+    for good: the first three batches of verdicts are kept; a rerun asks only about the
+    rest, and the verdicts equal those of a run that never failed."""
+    from pipelines.chat_models import EndpointChat, EndpointError
+    from pipelines.labelling import ModelLabeller
+    from pipelines.rlaif import label_all
+    from pipelines.safety_config import ChatModelSpec, RLAIFStageConfig
+    from rayalign.config import load_config
+    from tests.http_stub import failing_server
+
+    constitution = load_constitution(ARITHMETIC)
+    prompts = [[{"role": "user", "content": f"What is {i} + 1?"}] for i in range(5)]
+    answers = [[str(i + 1), f"{i}", f"The answer is {i + 1}."] for i in range(5)]
+    pairs = candidate_pairs(answers, 2, random.Random(0))
+    assert len(pairs) == 10
+
+    def run(server, name: str):
+        spec = ChatModelSpec(
+            kind="endpoint", base_url=server.url, model="m", concurrency=1, max_retries=1
+        )
+        config = load_config(
+            RLAIFStageConfig,
+            ROOT / "configs" / "tiny" / "rlaif.yaml",
+            [f"run.storage_path={tmp_path}", f"run.name={name}", "save_every=2"],
+        )
+        (config.run_dir / "data").mkdir(parents=True, exist_ok=True)
+        chat = EndpointChat(spec)
+        try:
+            return label_all(config, ModelLabeller(chat, constitution), prompts, pairs)
+        finally:
+            chat.close()
+
+    with failing_server() as server:
+        # Each batch of 2 pairs is 4 requests (both orders).
+        server.script, server.then = [200] * 12, 503
+        with pytest.raises(EndpointError, match="HTTP 503"):
+            run(server, "down")
+        journal = tmp_path / "down" / "data" / "labels.jsonl"
+        assert [json.loads(x)["id"] for x in journal.read_text().splitlines()] == list(range(6))
+        server.then, before = 200, server.requests
+        resumed = run(server, "down")
+        assert server.requests - before == 4 * 2  # the last 4 pairs, in both orders
+        assert [json.loads(x)["id"] for x in journal.read_text().splitlines()] == list(range(10))
+        assert resumed == run(server, "straight")

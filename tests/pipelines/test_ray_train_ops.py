@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,8 +13,8 @@ import pytest
 
 from tests.conftest import (
     checkpoint_committed,
-    cli_driver_env,
     cluster_processes,
+    run_cli_driver,
     stage_config,
     start_cli_driver,
     tensorboard_steps,
@@ -170,13 +168,7 @@ def test_interrupted_driver_rerun_resumes_at_saved_step(
     kept = kept["latest_checkpoint_result"]["checkpoint_dir_name"]
     assert f"[sft] interrupted: kept {config.run_dir / kept}" in out, out[-3000:]
     saved = sorted(p.name for p in config.run_dir.glob("checkpoint-*"))
-    second = subprocess.run(
-        [sys.executable, "-m", "pipelines", *args],
-        env=cli_driver_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    second = run_cli_driver(args)
     assert second.returncode == 0, second.stderr[-3000:]
     attempts = _attempts(config.run_dir)
     resumed_at = attempts[-1]["start_step"]

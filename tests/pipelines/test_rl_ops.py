@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +14,7 @@ import pytest
 
 from rayalign.config import load_config
 from rayalign.rl_config import PPOStageConfig
-from tests.conftest import cli_driver_env, cluster_processes, start_cli_driver, tensorboard_steps
+from tests.conftest import cluster_processes, run_cli_driver, start_cli_driver, tensorboard_steps
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,13 +182,7 @@ def test_sigterm_then_rerun_replays_the_uninterrupted_run(
     assert "rayalign: stopped by SIGTERM" in out
     assert kept in (2, 4, 6)
 
-    second = subprocess.run(
-        [sys.executable, "-m", "pipelines", *args],
-        env=cli_driver_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    second = run_cli_driver(args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resuming at step {kept}" in second.stdout
     assert _registered(second.stdout)["step"] == 8

@@ -272,3 +272,84 @@ def test_a_checkpoint_critic_answers_like_greedy_transformers(ray_local, verbose
     expected = generate_hf(verbose_sft.path, prompts, max_new_tokens=8)
     print("vLLM critic:", replies, "transformers:", expected)
     assert sum(a.strip() == b.strip() for a, b in zip(replies, expected, strict=True)) >= 3
+
+
+def test_critique_and_revise_continues_where_a_failed_attempt_stopped(
+    verbose_sft, verbose_data, runs_dir, capsys
+):
+    """The critic (a real HTTP server speaking the chat API) goes down for good after 16
+    requests: the attempt fails having kept the policy's answers and two batches of revised
+    chains. A torn last line is dropped, a rerun with other settings is refused, and the
+    rerun continues: it asks the critic only about the rest, and its data equals that of a
+    run that never failed."""
+    import shutil
+
+    from pipelines.chat_models import EndpointError
+    from pipelines.constitutional import run_constitutional
+    from tests.http_stub import failing_server
+
+    def config(name: str, url: str, *extra: str) -> ConstitutionalStageConfig:
+        return load_config(
+            ConstitutionalStageConfig,
+            ROOT / "configs" / "tiny" / "constitutional.yaml",
+            [
+                *_safety_overrides(verbose_sft.path, verbose_data, runs_dir, name),
+                "data.prompts_eval=null",
+                "data.max_prompts=16",
+                "sampling.max_new_tokens=8",
+                f"constitutional.critic={{kind: endpoint, base_url: '{url}', model: m, "
+                "max_retries: 0, concurrency: 2}",
+                "save_every=4",
+                "then=[]",
+                *extra,
+            ],
+        )
+
+    def chain_ids(journal: Path) -> list[int]:
+        return [json.loads(x)["id"] for x in journal.read_text().splitlines()]
+
+    def sft_rows(cfg) -> list[dict]:
+        rows = load_validated(str(cfg.run_dir / "data" / "sft_train.jsonl"), "language_modeling")
+        for row in rows:
+            row["provenance"].pop("run")
+        return rows
+
+    with failing_server() as server:
+        # Two batches of 4 chains, each a critique and a revision request; then 400s.
+        server.script, server.then = [200] * 16, 400
+        cfg = config("cai-resume", server.url)
+        capsys.readouterr()
+        with pytest.raises(EndpointError, match="HTTP 400"):
+            run_constitutional(cfg)
+        data = cfg.run_dir / "data"
+        assert (
+            f"[cai-resume] stopped: kept the policy's answers to 16 prompts, 8 revised "
+            f"answers in {data}; rerun the same command to continue"
+        ) in capsys.readouterr().out
+        answers = [
+            json.loads(x)["answers"] for x in (data / "answers.jsonl").read_text().splitlines()
+        ]
+        total = sum(1 for texts in answers for t in texts if t.strip())
+        assert len(answers) == 16 and total > 8
+        journal = data / "chains.jsonl"
+        assert chain_ids(journal) == list(range(8))
+        with journal.open("a") as f:  # an attempt killed while appending
+            f.write('{"id": 8, "chain": {"prompt_in')
+        sampled_at = (data / "answers.jsonl").stat().st_mtime_ns
+
+        with pytest.raises(ValueError, match=r"revisions changed"):
+            run_constitutional(config("cai-resume", server.url, "constitutional.revisions=2"))
+
+        server.then, before = 200, server.requests
+        entry = run_constitutional(cfg)
+        assert server.requests - before == 2 * (total - 8)  # only the chains not kept
+        assert chain_ids(journal) == list(range(total))
+        assert (data / "answers.jsonl").stat().st_mtime_ns == sampled_at  # not sampled again
+        assert entry.rows == len(sft_rows(cfg)) == total
+
+        # A run that never failed, from the same answers, writes the same rows.
+        straight = config("cai-straight", server.url)
+        (straight.run_dir / "data").mkdir(parents=True)
+        shutil.copy(data / "answers.jsonl", straight.run_dir / "data" / "answers.jsonl")
+        run_constitutional(straight)
+        assert sft_rows(straight) == sft_rows(cfg)

@@ -3,72 +3,20 @@ Retry-After, dropped connections and hangs are retried; a 400 is not; the budget
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from pipelines.chat_models import EndpointChat, EndpointError
 from pipelines.safety_config import ChatModelSpec
-
-
-class FailingServer:
-    """An OpenAI-style /v1/chat/completions that plays `script` (one entry per request,
-    then answers normally): an HTTP status, "drop" (close without answering) or "hang"
-    (answer after 3 s)."""
-
-    def __init__(self) -> None:
-        self.script: list[object] = []
-        self.requests = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests += 1
-                step = server.script.pop(0) if server.script else 200
-                if step == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(2)
-                    return
-                if step == "hang":
-                    time.sleep(3)
-                    step = 200
-                if step == 200:
-                    text = "re: " + body["messages"][-1]["content"]
-                    self._send(200, {"choices": [{"message": {"content": text}}]})
-                else:
-                    headers = {"Retry-After": "0.2"} if step == 429 else {}
-                    self._send(step, {"error": {"message": f"failing on purpose: {step}"}}, headers)
-
-            def _send(self, status, payload, headers=None):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+from tests.http_stub import FailingServer, failing_server
 
 
 @pytest.fixture
 def server() -> Iterator[FailingServer]:
-    s = FailingServer()
-    thread = threading.Thread(target=s.httpd.serve_forever, daemon=True)
-    thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with failing_server() as s:
+        yield s
 
 
 def _chat(server: FailingServer, **spec) -> EndpointChat:
