@@ -25,6 +25,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Awaitable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.deployment import Application
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -277,8 +279,26 @@ class RayalignIngress(DynamicModelsIngress):
         return None
 
     def model_handle(self, model_id: str) -> DeploymentHandle:
-        # `_missing` has checked that the model is served before any call reaches here.
-        return serve.get_app_handle(app_name(self._served[model_id], model_id))
+        # `_missing` has checked that the model is served before any call reaches here;
+        # the model may still have been removed since the list was looked up.
+        return self._app_handle(self._served.get(model_id, "chat"), model_id)
+
+    def _app_handle(self, kind: Kind, model: str) -> DeploymentHandle:
+        try:
+            return serve.get_app_handle(app_name(kind, model))
+        except RayServeException:  # removed after the served list said it runs
+            self._looked_up = 0.0  # the next lookup sees it gone
+            raise ModelGone(model) from None
+
+    async def _unless_gone(self, call: Awaitable[Response], model: str, kind: Kind) -> Response:
+        """`call`'s response, or the 404 of a model removed since `_missing` let it pass
+        (a removal lands within a second of the served list's refresh)."""
+        try:
+            return await call
+        except ModelGone:
+            return await self._missing(model, kind) or openai_error(
+                404, f"The model '{model}' does not exist.", "model_not_found", "model"
+            )
 
     def _card(self, name: str, kind: Kind) -> ModelCard:
         entry = self._registry.get(name) if self._registry else None
@@ -318,20 +338,26 @@ class RayalignIngress(DynamicModelsIngress):
         return (
             _bad_role(body.messages)
             or await self._missing(body.model, "chat")
-            or await super().chat(body, request)
+            or await self._unless_gone(super().chat(body, request), body.model, "chat")
         )
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
-        return await self._missing(body.model, "chat") or await super().completions(body, request)
+        return await self._missing(body.model, "chat") or await self._unless_gone(
+            super().completions(body, request), body.model, "chat"
+        )
 
     async def reward_score(self, body: RewardScoreRequest) -> Response:
         missing = await self._missing(body.model, "reward")
         if missing:
             return missing
-        handle = serve.get_app_handle(app_name("reward", body.model))
-        scores = await handle.score.remote(body.messages, body.completions)
-        data = [{"object": "score", "index": i, "score": s} for i, s in enumerate(scores)]
-        return JSONResponse({"object": "list", "model": body.model, "data": data})
+
+        async def score() -> Response:
+            handle = self._app_handle("reward", body.model)
+            scores = await handle.score.remote(body.messages, body.completions)
+            data = [{"object": "score", "index": i, "score": s} for i, s in enumerate(scores)]
+            return JSONResponse({"object": "list", "model": body.model, "data": data})
+
+        return await self._unless_gone(score(), body.model, "reward")
 
     async def health(self) -> Response:
         served = await self._served_models()
@@ -339,6 +365,11 @@ class RayalignIngress(DynamicModelsIngress):
 
     async def playground(self) -> HTMLResponse:
         return HTMLResponse(_playground_html())
+
+
+class ModelGone(LookupError):
+    """A model's application is gone although the served list (refreshed every second)
+    still had it: the request gets the 404 a later one would."""
 
 
 def _bad_role(messages: list[Any]) -> JSONResponse | None:
