@@ -37,6 +37,10 @@ ABOUT = {
     "`ray.serve.llm`'s default initialisation of the same configs.",
     "offline_overhead": "rayalign's stage on Ray Train against the same TRL trainer run "
     "directly (end-to-end and train-loop samples/s), and two workers against one.",
+    "soak": "The chat endpoint for N minutes under concurrent clients (chat, streaming, "
+    "some hanging up mid-stream) while a second model is published and removed every "
+    "minute: per-minute requests, errors, p50/p99 latency, and each process's memory at "
+    "the start and the end. The baseline is the run's own first minute (drift ratios).",
     "learner_efficiency": "The RL learner's update (forward/backward; pi_old from sampling): training "
     "tokens/s and achieved FLOP/s as a fraction of measured float32 matmul FLOP/s.",
 }
@@ -98,6 +102,9 @@ def render(results: list[dict]) -> str:
         }
         if "rows" in result:
             lines += _table(result["rows"]) + [""]
+        for key, value in list(rest.items()):  # more tables (e.g. the soak's memory)
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                lines += [f"{key}:", ""] + _table(rest.pop(key)) + [""]
         if rest:
             lines += _table([{"figure": k, "value": v} for k, v in _flatten(rest).items()]) + [""]
     notes = ROOT / "bench" / "NOTES.md"
