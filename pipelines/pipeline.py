@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 from ray.job_submission import JobStatus
 
 from pipelines.pipeline_config import PipelineConfig, StageSpec, substitute
+from rayalign.data.io import write_atomic
 from rayalign.interrupts import stop_on_signals
 from rayalign.registry import Registry
 
@@ -76,12 +76,8 @@ class PipelineState:
         )
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"stages": {k: asdict(v) for k, v in self.stages.items()}}, indent=2)
-        )
-        os.replace(tmp, path)
+        stages = {k: asdict(v) for k, v in self.stages.items()}
+        write_atomic(path, json.dumps({"stages": stages}, indent=2))
 
 
 def state_path(config: PipelineConfig) -> Path:

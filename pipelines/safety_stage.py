@@ -27,7 +27,7 @@ from pipelines.safety_config import (
 from rayalign.cluster import init_ray
 from rayalign.config import load_config, resolve_local
 from rayalign.data.datasets import load_rows, validate_rows
-from rayalign.data.io import DataError
+from rayalign.data.io import DataError, write_atomic, write_jsonl
 from rayalign.registry import DatasetEntry, Registry, RegistryEntry
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def write_split(config: SafetyStageConfig, split: str, rows: list[dict]) -> Path
     atomically (a crash never leaves half a file)."""
     path = data_dir(config) / f"{split}_train.jsonl"
     validate_rows(rows, SPLIT_FORMATS[split], str(path))
-    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(path, rows)
     return path
 
 
@@ -126,13 +126,6 @@ def append_journal(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def check_settings(config: SafetyStageConfig, settings: dict[str, Any]) -> None:
     """Rows kept by an earlier attempt continue only under the settings that made them.
 
@@ -143,7 +136,7 @@ def check_settings(config: SafetyStageConfig, settings: dict[str, Any]) -> None:
     path = data_dir(config) / "settings.json"
     settings = json.loads(json.dumps(settings))  # as it reads back
     if not path.exists():
-        _write_atomic(path, json.dumps(settings, indent=2) + "\n")
+        write_atomic(path, json.dumps(settings, indent=2) + "\n")
         return
     before = json.loads(path.read_text())
     changed = sorted(k for k in before.keys() | settings.keys() if before.get(k) != settings.get(k))
@@ -183,7 +176,7 @@ def policy_answers(
             return answers
     logger.info(f"[{config.run.name}] sampling {len(prompts)} prompts")
     answers = sample_policy(config, prompts)
-    _write_atomic(path, "".join(json.dumps({"answers": a}) + "\n" for a in answers))
+    write_atomic(path, "".join(json.dumps({"answers": a}) + "\n" for a in answers))
     return answers
 
 
@@ -315,7 +308,7 @@ def policy_violations(config: SafetyStageConfig, constitution: Constitution) -> 
         if kept["measured_on"] == measured_on:
             return kept["rates"]
     rates = remote_violations(config, constitution, config.model.name_or_path)
-    _write_atomic(path, json.dumps({"measured_on": measured_on, "rates": rates}) + "\n")
+    write_atomic(path, json.dumps({"measured_on": measured_on, "rates": rates}) + "\n")
     return rates
 
 

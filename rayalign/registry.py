@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from rayalign.data.io import write_atomic
 
 REGISTRY_FILE = "registry.json"
 Kind = Literal["chat", "reward"]
@@ -106,9 +107,7 @@ class Registry:
         body["checkpoints"] = {name: asdict(e) for name, e in sorted(entries.items())}
         if datasets is not None:
             body["datasets"] = {name: asdict(e) for name, e in sorted(datasets.items())}
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(body, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(body, indent=2) + "\n")
 
     def entries(self) -> dict[str, RegistryEntry]:
         """All entries by name."""

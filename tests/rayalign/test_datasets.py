@@ -108,3 +108,22 @@ def test_sft_format_detection():
     assert detect_sft_format({"body": "raw"}, "body") == "text"
     with pytest.raises(DataError, match="cannot tell the SFT format"):
         detect_sft_format({"foo": 1}, "text")
+
+
+def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path, monkeypatch):
+    import os
+
+    from rayalign.data.io import read_jsonl, write_atomic, write_jsonl
+
+    path = tmp_path / "sub" / "rows.jsonl"
+    write_jsonl(path, [{"a": 1}, {"a": 2}])
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(path, "torn")
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["rows.jsonl"]

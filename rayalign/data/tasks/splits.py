@@ -13,11 +13,11 @@ plus `manifest.json` recording the task, its options, the seed and the counts.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
 
+from rayalign.data.io import write_jsonl
 from rayalign.data.tasks import Task
 from rayalign.data.tasks.base import Example, verbose_answer
 
@@ -95,14 +95,6 @@ def draw_examples(task: Task, rng: random.Random, n: int, exclude: set[str]) -> 
     return examples
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
-
-
 def write_task_data(
     task: Task,
     out_dir: str | Path,
@@ -130,7 +122,7 @@ def write_task_data(
     for split, examples in (("train", train), ("test", test)):
         for fmt, rows in _rows(task, rng, examples, rejected_per_prompt).items():
             name = f"{fmt}_{split}.jsonl"
-            _write_jsonl(out / name, rows)
+            write_jsonl(out / name, rows)
             files[f"{fmt}_{split}"] = name
     manifest = {
         "task": task.name,
