@@ -34,7 +34,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.deployment import Application
-from ray.serve.exceptions import RayServeException
+from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -244,22 +244,24 @@ class RayalignIngress(DynamicModelsIngress):
         self._registry = Registry(settings.registry) if settings.registry else None
         self._served: dict[str, Kind] = {}
         self._looked_up = 0.0
+        self._lookup_lock = asyncio.Lock()
 
     # Model lookup -----------------------------------------------------------------
 
     async def _served_models(self) -> dict[str, Kind]:
         """{name: kind} of the running model applications, refreshed at most every TTL."""
-        if time.monotonic() - self._looked_up > _LOOKUP_TTL_S:
-            status = await asyncio.to_thread(serve.status)
-            served = {}
-            for app_id, app_status in status.applications.items():
-                parsed = parse_app_name(app_id)
-                if parsed and app_status.status == ApplicationStatus.RUNNING:
-                    served[parsed[1]] = parsed[0]
-            # Forget handles of removed models so a name published again is looked up anew.
-            for gone in set(self._served) - set(served):
-                self.forget(gone)
-            self._served, self._looked_up = served, time.monotonic()
+        async with self._lookup_lock:  # requests waiting on one lookup share it
+            if time.monotonic() - self._looked_up > _LOOKUP_TTL_S:
+                status = await asyncio.to_thread(serve.status)
+                served = {}
+                for app_id, app_status in status.applications.items():
+                    parsed = parse_app_name(app_id)
+                    if parsed and app_status.status == ApplicationStatus.RUNNING:
+                        served[parsed[1]] = parsed[0]
+                # Forget handles of removed models: a name published again is looked up anew.
+                for gone in set(self._served) - set(served):
+                    self.forget(gone)
+                self._served, self._looked_up = served, time.monotonic()
         return self._served
 
     async def _missing(self, model: str | None, kind: Kind) -> JSONResponse | None:
@@ -291,14 +293,39 @@ class RayalignIngress(DynamicModelsIngress):
             raise ModelGone(model) from None
 
     async def _unless_gone(self, call: Awaitable[Response], model: str, kind: Kind) -> Response:
-        """`call`'s response, or the 404 of a model removed since `_missing` let it pass
-        (a removal lands within a second of the served list's refresh)."""
+        """`call`'s response, or the 404 of a model removed since `_missing` let it pass.
+
+        A removal lands within a second of the served list's refresh. A request in that
+        second finds no application (`ModelGone`), or calls a handle cached before the
+        removal: its router then has no deployment (`DeploymentUnavailableError`), or,
+        while the replicas shut down, it may wait for one that never comes. So while
+        the call has not answered, the served list is checked every TTL, and the call is
+        cancelled once the model is no longer in it.
+        """
+        task = asyncio.ensure_future(call)
         try:
-            return await call
-        except ModelGone:
-            return await self._missing(model, kind) or openai_error(
-                404, f"The model '{model}' does not exist.", "model_not_found", "model"
-            )
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=_LOOKUP_TTL_S)
+                if done:
+                    return task.result()
+                if (await self._served_models()).get(model) != kind:
+                    break  # removed while the request waited: the 404 below
+        except (ModelGone, DeploymentUnavailableError):
+            self._looked_up = 0.0  # look the served list up again, now
+        finally:
+            if not task.done():
+                task.cancel()
+        self.forget(model)  # a name published again gets a new handle
+        missing = await self._missing(model, kind)
+        if missing is not None:
+            return missing
+        # Still listed as running, yet its deployment takes no requests: a transient state.
+        return openai_error(
+            503,
+            f"The model '{model}' is not available right now; retry shortly.",
+            "model_unavailable",
+            "model",
+        )
 
     def _card(self, name: str, kind: Kind) -> ModelCard:
         entry = self._registry.get(name) if self._registry else None

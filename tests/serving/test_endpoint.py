@@ -148,16 +148,48 @@ def test_publish_while_another_model_streams(endpoint, client):
     assert RegistryWatch(endpoint.config).sync() == ([], ["late"])
 
 
-def test_removed_model_is_gone_others_stay(endpoint, client):
+def test_removed_model_is_gone_others_stay(endpoint, client, http):
     from rayalign.registry import Registry
     from serving.deploy import RegistryWatch, remove
 
     register_tiny(endpoint.registry, "temp", seed=3)
     RegistryWatch(endpoint.config).sync()
-    _greedy(client, "temp")
-    Registry(endpoint.registry).remove("temp")
-    assert RegistryWatch(endpoint.config).sync() == ([], ["temp"])
-    time.sleep(1.5)  # the ingress refreshes its model list every second
+    _greedy(client, "temp")  # the ingress now holds a handle to it
+    # Requests that race the removal, some before the ingress's served list (refreshed
+    # every second) sees it: each gets its answer or a 404, never a 500 or a hang.
+    replies: list[httpx.Response | BaseException] = []
+    removed = threading.Event()
+    body = {"model": "temp", "messages": QUESTION, "max_tokens": 2}
+
+    def keep_asking():
+        quiet_since = None
+        while quiet_since is None or time.time() - quiet_since < 2.0:
+            try:
+                replies.append(http.post("/v1/chat/completions", json=body, timeout=60))
+            except BaseException as err:  # noqa: BLE001 - reported below
+                replies.append(err)
+                return
+            if removed.is_set() and quiet_since is None:
+                quiet_since = time.time()
+
+    askers = [threading.Thread(target=keep_asking) for _ in range(4)]
+    for asker in askers:
+        asker.start()
+    try:
+        Registry(endpoint.registry).remove("temp")
+        assert RegistryWatch(endpoint.config).sync() == ([], ["temp"])
+    finally:
+        removed.set()
+        for asker in askers:
+            asker.join(timeout=120)
+    assert not any(a.is_alive() for a in askers), "a request hung after the removal"
+    statuses = [r.status_code if isinstance(r, httpx.Response) else repr(r) for r in replies]
+    print("replies racing the removal:", {s: statuses.count(s) for s in set(statuses)})
+    assert set(statuses) <= {200, 404}, statuses
+    assert statuses and statuses[-1] == 404, statuses
+    for reply in replies:
+        if reply.status_code == 404:
+            assert reply.json()["error"]["code"] == "model_not_found"
     with pytest.raises(openai.NotFoundError):
         _greedy(client, "temp")
     _greedy(client, "base")
