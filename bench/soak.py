@@ -121,7 +121,7 @@ def _churn(config, registry: Path, until: float, stop: threading.Event, log: lis
         Registry(registry).remove(CHURN)
         watch.sync()
         log.append({"minute": minute, "event": "removed", "took_s": time.monotonic() - t})
-        minute += 1
+        minute = int((time.monotonic() - started) // 60) + 1  # the next minute to begin
         stop.wait(max(0.0, started + 60 * minute - time.monotonic()))
 
 
