@@ -25,6 +25,38 @@ def preference_margin(checkpoint: str, preference_path: str) -> dict[str, float]
     }
 
 
+def text_loss(checkpoint: str, path: str, text_field: str = "text", max_length: int = 512) -> float:
+    """Mean per-token negative log-likelihood of the raw text rows in `path` (held-out loss
+    of continued pretraining), each row truncated to `max_length` tokens."""
+    import torch
+
+    from rayalign.data.io import read_jsonl
+    from rayalign.models.loading import load_causal_lm, load_tokenizer
+
+    texts = [r[text_field] for r in read_jsonl(path)]
+    model, tok = load_causal_lm(checkpoint), load_tokenizer(checkpoint)
+    tok.padding_side = "right"  # positions count from each row's first token
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(texts), 32):
+            batch = tok(
+                texts[i : i + 32],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            logits = model(**batch).logits[:, :-1].float()
+            target = batch["input_ids"][:, 1:]
+            mask = batch["attention_mask"][:, 1:].bool()
+            nll = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), target, reduction="none"
+            )
+            total += nll[mask].sum().item()
+            tokens += int(mask.sum())
+    return total / max(tokens, 1)
+
+
 def measure_chat(data: DataConfig, checkpoint: str) -> dict[str, float]:
     """Exact-match accuracy on `data.prompts_eval` and margins on `data.preference_eval`."""
     metrics: dict[str, float] = {}

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
-from pipelines.measure import measure_chat
+from pipelines.measure import measure_chat, text_loss
 from pipelines.training import Stage, StageConfig, load_policy, trainer_datasets
 from rayalign.config import Strict
 from rayalign.data.datasets import detect_sft_format, load_rows, validate_rows
@@ -62,7 +62,15 @@ def build_trainer(config: SFTStageConfig, args: dict[str, Any]):
 
 
 def measure(config: SFTStageConfig, checkpoint: str) -> dict[str, float]:
-    return measure_chat(config.data, checkpoint)
+    """The chat measures, plus the held-out loss when the eval split is raw text."""
+    metrics = measure_chat(config.data, checkpoint)
+    if config.data.eval:
+        first = load_rows(config.data.eval)[0]
+        if detect_sft_format(first, config.sft.text_field) == "text":
+            metrics["heldout_text_loss"] = text_loss(
+                checkpoint, config.data.eval, config.sft.text_field, config.data.max_length
+            )
+    return metrics
 
 
 TRAINER = Stage("sft", "chat", SFTStageConfig, validate_data, build_trainer, measure)

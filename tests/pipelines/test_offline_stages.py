@@ -122,3 +122,32 @@ def test_bad_data_stops_before_training_and_keeps_checkpoints(
     with pytest.raises(DataError, match=rf"{bad}, row 4, field 'messages'\[1\]"):
         stage.run(config)
     assert snapshot() == before
+
+
+def test_continued_pretraining_on_raw_text_lowers_heldout_loss(
+    ray_local, small_model, easy_data, tmp_path
+):
+    from pipelines.measure import text_loss
+    from pipelines.stage_registry import load_stage
+    from rayalign.config import load_config
+
+    stage = load_stage("sft")
+    config = load_config(
+        stage.config_cls,
+        Path(__file__).resolve().parents[2] / "configs" / "tiny" / "pretrain.yaml",
+        [
+            f"model.name_or_path={small_model}",
+            f"data.train={easy_data / 'text_train.jsonl'}",
+            f"data.eval={easy_data / 'text_test.jsonl'}",
+            f"run.storage_path={tmp_path}",
+            "training.max_steps=40",
+            "training.save_steps=40",
+        ],
+    )
+    entry = stage.run(config)
+    before = text_loss(str(small_model), str(easy_data / "text_test.jsonl"))
+    after = entry.metrics["heldout_text_loss"]
+    print(f"held-out loss on raw text: base {before:.3f} -> pretrained {after:.3f}")
+    # When written: 7.02 -> 1.54 after 40 steps (the same to the last digit on reruns here).
+    assert after < 0.6 * before
+    assert entry.name == "pretrain" and entry.step == 40

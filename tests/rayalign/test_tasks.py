@@ -63,6 +63,9 @@ def test_formats_follow_trl_conversational_schemas(arithmetic_data):
     }
     for r in unpaired:
         assert (r["completion"][0]["content"] == prompts[r["prompt"][0]["content"]]) == r["label"]
+    # Raw text for continued pretraining: each question with its bare answer, no template.
+    text = [r["text"] for r in _read(arithmetic_data / "text_train.jsonl")]
+    assert text == [f"{q} {a}" for q, a in prompts.items()]
 
 
 def test_test_questions_never_in_train(arithmetic_data):

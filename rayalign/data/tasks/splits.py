@@ -6,6 +6,8 @@ Files written to the output directory, each as `<format>_<split>.jsonl`:
 - `preference`: `{"prompt": [user], "chosen": [assistant], "rejected": [assistant]}`
 - `unpaired` (KTO): `{"prompt": [user], "completion": [assistant], "label": bool}`
 - `prompts` (RL and eval): `{"prompt": [user], "ground_truth": str}`
+- `text` (continued pretraining): `{"text": "<question> <answer>"}`, raw text with no chat
+  template, the bare answer after the question
 
 plus `manifest.json` recording the task, its options, the seed and the counts.
 """
@@ -21,7 +23,7 @@ from rayalign.data.io import write_jsonl
 from rayalign.data.tasks import Task
 from rayalign.data.tasks.base import Example, verbose_answer
 
-FORMATS = ("sft", "preference", "unpaired", "prompts")
+FORMATS = ("sft", "preference", "unpaired", "prompts", "text")
 SPLITS = ("train", "test")
 
 
@@ -72,6 +74,7 @@ def _rows(
             }
         )
         rows["prompts"].append({"prompt": _user(ex.question), "ground_truth": ex.answer})
+        rows["text"].append({"text": f"{ex.question} {ex.answer}"})
     return rows
 
 
