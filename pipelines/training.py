@@ -38,6 +38,7 @@ from rayalign.config import (
     resolve_local,
 )
 from rayalign.logs import configure as configure_logging
+from rayalign.models.loading import load_causal_lm, load_tokenizer
 from rayalign.registry import Registry, RegistryEntry
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,17 @@ class TrainingConfig(Strict):
         2,
         ge=-1,
         description="Worker-group failures to recover from (from the latest checkpoint); -1 is unlimited.",
+    )
+    merge_with_start: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description=(
+            "WiSE-FT: the final checkpoint is this weight times the trained weights plus the "
+            "rest times the starting model's (1.0 keeps the trained weights). Below 1 keeps "
+            "more of what the start knew at the cost of some of what training added; step "
+            "checkpoints stay unmerged, so a resumed run merges once, at its end."
+        ),
     )
 
 
@@ -163,7 +175,6 @@ def trainer_args(config: StageConfig, output_dir: str) -> dict[str, Any]:
 
 def load_policy(config: StageConfig):
     """The starting causal LM (in train mode) and its tokenizer, as the config names them."""
-    from rayalign.models.loading import load_causal_lm, load_tokenizer
 
     m = config.model
     tokenizer = load_tokenizer(
@@ -286,6 +297,8 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     final = Path(output_dir) / FINAL_DIR
     checkpoint = None
     if rank == 0:
+        if not (resume and Path(resume).name == FINAL_DIR):  # the final one is merged already
+            _merge_with_start(config, trainer.model)
         trainer.save_model(str(final))
         trainer.state.save_to_json(str(final / "trainer_state.json"))
         checkpoint = ray.train.Checkpoint.from_directory(str(final))
@@ -295,6 +308,24 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         checkpoint_dir_name=FINAL_DIR,
     )
     shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def _merge_with_start(config: StageConfig, model) -> None:
+    """Interpolate the trained `model` toward the checkpoint it started from, in place,
+    when `training.merge_with_start` asks for it."""
+    weight = config.training.merge_with_start
+    if weight == 1:
+        return
+    from rayalign.models.merging import interpolate_with_start_
+
+    m = config.model
+    start = load_causal_lm(
+        m.name_or_path, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code
+    )
+    interpolate_with_start_(model, start, weight)
+    logger.info(
+        f"[rayalign] final weights: {weight} x trained + {1 - weight:.3g} x {m.name_or_path}"
+    )
 
 
 def absolute_local_paths(config: StageConfig) -> StageConfig:

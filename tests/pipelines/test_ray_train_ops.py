@@ -184,3 +184,41 @@ def test_interrupted_driver_rerun_resumes_at_saved_step(
     # Each logged step once in TensorBoard, although the first attempt logged past the
     # checkpoint the rerun resumed from.
     assert tensorboard_steps(config.run_dir, "train/loss") == list(range(5, 301, 5))
+
+
+def test_merge_with_start_interpolates_the_final_checkpoint_once(
+    ray_local, tiny_model, arithmetic_data, runs_dir
+):
+    """`training.merge_with_start=0.5`: the final checkpoint is the mean of the trained
+    weights (the last step checkpoint holds them unmerged) and the start; a rerun of the
+    finished run resumes from the final checkpoint and does not merge it again."""
+    import torch
+    from safetensors.torch import load_file
+
+    stage, config = _tiny_sft(
+        tiny_model,
+        arithmetic_data,
+        runs_dir,
+        "merged",
+        "training.max_steps=20",
+        "training.save_steps=20",
+        "training.learning_rate=2.0e-3",
+        "training.merge_with_start=0.5",
+    )
+    entry = stage.run(config)
+    weights = "model.safetensors"
+    final = load_file(str(Path(entry.path) / weights))
+    trained = load_file(str(config.run_dir / "checkpoint-000020" / weights))
+    start = load_file(str(tiny_model / weights))
+    assert final.keys() == trained.keys() == start.keys()
+    moved = 0.0
+    for name, value in final.items():
+        expected = 0.5 * trained[name] + 0.5 * start[name]
+        assert (value - expected).abs().max().item() < 1e-6, name
+        moved = max(moved, (trained[name] - start[name]).abs().max().item())
+    assert moved > 1e-3  # training changed the weights, so the mean differs from both
+
+    again = stage.run(config)
+    assert again.step == 20
+    rerun = load_file(str(Path(again.path) / weights))
+    assert all(torch.equal(rerun[name], final[name]) for name in final)
