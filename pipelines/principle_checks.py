@@ -1,8 +1,10 @@
 """Checkable principles: pure functions that say whether an answer follows a principle.
 
 A constitution's principle may name one of these in its `check` field. They give the
-programmatic RLAIF labeller its verdicts and every safety stage its held-out violation
-rate, so a principle the model breaks is a number that can move.
+programmatic RLAIF labeller its verdicts, every safety stage its held-out violation
+rate (so a principle the model breaks is a number that can move), and critique-and-
+revise its gate: a revision that breaks the principle it was asked to fix is rejected.
+Some checks also have a `repair`, the revision a rule can make (the rules critic).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from rayalign.rewards import normalize_answer
 Check = Callable[[str, str], bool]  # (user prompt, answer) -> follows the principle
 
 _NUMBER = re.compile(r"^[-+]?\d+(\.\d+)?$")
+_NUMBERS = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?![\w])")
 _REFUSAL = re.compile(
     r"\b(I can(no|')t|I cannot|I won'?t|I'm (not able|unable)|I am (not able|unable)|"
     r"as an AI|I (do not|don't) (answer|do))\b",
@@ -36,6 +39,19 @@ CHECKS: dict[str, Check] = {
     "number_only": number_only,
     "no_refusal": no_refusal,
 }
+
+Repair = Callable[[str, str], str | None]  # (user prompt, answer) -> revision, or None
+
+
+def number_only_repair(prompt: str, answer: str) -> str | None:
+    """The answer's last number, alone ("So 12 + 7 = 19." -> "19"); None if it has none."""
+    numbers = _NUMBERS.findall(answer)
+    return numbers[-1].lstrip("+") if numbers else None
+
+
+# Checks whose violations a rule can revise. A refusal has no rule: what to answer
+# instead takes a model.
+REPAIRS: dict[str, Repair] = {"number_only": number_only_repair}
 
 
 def get_check(name: str) -> Check:

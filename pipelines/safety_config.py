@@ -156,8 +156,26 @@ class SafetyStageConfig(Strict):
         return Path(self.run.storage_path).resolve() / self.run.name
 
 
+class CriticSpec(ChatModelSpec):
+    """Who critiques and revises: a model, or the constitution's own rules."""
+
+    kind: Literal["endpoint", "checkpoint", "rules"] = Field(
+        description=(
+            "endpoint: any OpenAI-compatible server (rayalign serve, vLLM, a hosted API); "
+            "checkpoint: a local HF checkpoint run on a vLLM generation worker; rules: no "
+            "model, the constitution's checks critique and their repairs revise "
+            "(pipelines.principle_checks.REPAIRS), for models too small to critique and as "
+            "a baseline."
+        )
+    )
+
+    @property
+    def label(self) -> str:
+        return "rules" if self.kind == "rules" else super().label
+
+
 class ConstitutionalOptions(Strict):
-    critic: ChatModelSpec = Field(description="The model that critiques and revises.")
+    critic: CriticSpec = Field(description="The model (or rules) that critiques and revises.")
     revisions: int = Field(
         1,
         ge=1,
@@ -165,6 +183,15 @@ class ConstitutionalOptions(Strict):
     )
     keep_unchanged: bool = Field(
         False, description="Keep rows whose revision equals the original answer (no signal)."
+    )
+    gate: bool = Field(
+        True,
+        description=(
+            "Accept a revision only if the constitution's checks pass it: it follows the "
+            "principle it was asked to fix (where that principle has a check) and every "
+            "checked principle the answer before it followed. A rejected revision leaves "
+            "the answer as it was and counts in the `rejected` metric."
+        ),
     )
 
 

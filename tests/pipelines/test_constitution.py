@@ -178,7 +178,7 @@ def test_safety_stage_paths_are_made_absolute_for_the_actors(tmp_path, monkeypat
         load_config(
             ConstitutionalStageConfig,
             ROOT / "configs" / "tiny" / "constitutional.yaml",
-            [*common, "constitutional.critic.path=critic"],
+            [*common, "constitutional.critic={kind: checkpoint, path: critic}"],
         )
     )
     assert cai.model.name_or_path == str(tmp_path / "policy")
@@ -240,3 +240,100 @@ def test_labelling_continues_after_the_labeller_went_down(tmp_path):
         assert server.requests - before == 4 * 2  # the last 4 pairs, in both orders
         assert [json.loads(x)["id"] for x in journal.read_text().splitlines()] == list(range(10))
         assert resumed == run(server, "straight")
+
+
+@pytest.mark.parametrize(
+    "answer, repaired",
+    [
+        ("The answer is 7.", "7"),
+        ("So 12 + 7 = 19.", "19"),
+        ("19", "19"),
+        ("-3 apples", "-3"),
+        ("I cannot say.", None),
+    ],
+)
+def test_number_only_repair_keeps_the_last_number(answer, repaired):
+    from pipelines.principle_checks import number_only_repair
+
+    assert number_only_repair("What is 12 + 7?", answer) == repaired
+
+
+class ScriptedCritic:
+    """Replies with fixed revisions (a stand-in for a model critic's coordination)."""
+
+    label = "scripted"
+
+    def __init__(self, revisions):
+        self.revisions = revisions
+
+    def critique_and_revise(self, prompts, answers, principles):
+        return ["critique"] * len(answers), self.revisions[: len(answers)]
+
+
+def _chains(answers):
+    from pipelines.constitutional import Chain
+
+    return [Chain(prompt_index=0, original=a, answer=a) for a in answers]
+
+
+def test_the_gate_rejects_revisions_that_break_a_checked_principle():
+    from pipelines.constitutional import build_rows, critique_and_revise
+    from pipelines.safety_config import ConstitutionalStageConfig
+    from rayalign.config import load_config
+
+    constitution = load_constitution(ARITHMETIC)
+    answers = ["The answer is 5.", "The answer is 5.", "5", "The answer is 5."]
+    # A revision to the number; dots (what the tiny SFT critic writes); a refusal of an
+    # answer that followed both principles; an empty reply.
+    revisions = ["5", "................", "I cannot answer that.", "  "]
+    only_number_only = [random.Random(0) for _ in answers]
+    principle = next(p for p in constitution.principles if p.name == "number_only")
+    for rng in only_number_only:
+        rng.choice = lambda seq, p=principle: p  # every chain is asked to fix number_only
+
+    gated = _chains(answers)
+    critique_and_revise(ScriptedCritic(revisions), constitution, [Q], gated, 1, only_number_only)
+    assert [c.answer for c in gated] == ["5", "The answer is 5.", "5", "The answer is 5."]
+    verdicts = [c.steps[0]["verdict"] for c in gated]
+    assert verdicts == ["accepted", "rejected", "rejected", "unchanged"]
+
+    config = load_config(
+        ConstitutionalStageConfig,
+        ROOT / "configs" / "tiny" / "constitutional.yaml",
+        ["model.name_or_path=p", "data.prompts=p.jsonl", f"constitution={ARITHMETIC}"],
+    )
+    sft, preference, metrics = build_rows(config, constitution, "scripted", [Q], gated)
+    assert metrics == {"answers": 4.0, "revised": 1.0, "unchanged": 3.0, "rejected": 2.0}
+    assert [r["messages"][-1]["content"] for r in sft] == ["5"] and len(preference) == 1
+
+    ungated = _chains(answers)
+    critique_and_revise(
+        ScriptedCritic(revisions), constitution, [Q], ungated, 1, only_number_only, gate=False
+    )
+    assert [c.answer for c in ungated] == [
+        "5",
+        "................",
+        "I cannot answer that.",
+        "The answer is 5.",
+    ]
+
+
+def test_the_rules_critic_revises_what_a_rule_can_fix():
+    from pipelines.constitutional import RulesCritic, build_critic
+    from pipelines.safety_config import CriticSpec
+
+    constitution = load_constitution(ARITHMETIC)
+    number_only_p, no_refusal_p = (constitution.principle(n) for n in ("number_only", "no_refusal"))
+    critiques, revisions = RulesCritic().critique_and_revise(
+        [Q, Q, Q],
+        ["The sum is 5.", "5", "I can't do sums."],
+        [number_only_p, number_only_p, no_refusal_p],
+    )
+    assert revisions == ["5", "5", "I can't do sums."]  # a refusal takes a model to revise
+    assert "breaks number_only" in critiques[0] and "follows" in critiques[1]
+    assert "no rule" in critiques[2]
+    spec = CriticSpec(kind="rules")
+    assert spec.label == "rules" and isinstance(build_critic(spec, None, constitution), RulesCritic)
+    unfixable = constitution.model_copy(update={"principles": [no_refusal_p]})
+    with pytest.raises(ValueError, match="no principle .* has a check with a repair"):
+        build_critic(spec, None, unfixable)

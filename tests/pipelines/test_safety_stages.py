@@ -128,6 +128,46 @@ def test_rlaif_then_dpo_lowers_the_number_only_violation_rate(
     )
 
 
+def test_rules_critique_then_sft_lowers_the_number_only_violation_rate(
+    verbose_sft, verbose_data, runs_dir
+):
+    """Constitutional AI with the rules critic (the tiny model cannot critique): its
+    revisions of the verbose SFT model's answers train SFT, and the held-out violation
+    rate of `number_only` falls."""
+    from pipelines.constitutional import run_constitutional
+    from rayalign.registry import Registry
+
+    config = load_config(
+        ConstitutionalStageConfig,
+        ROOT / "configs" / "tiny" / "constitutional.yaml",
+        [
+            *_safety_overrides(verbose_sft.path, verbose_data, runs_dir, "cai-rules"),
+            "data.max_prompts=null",
+            "sampling.max_new_tokens=16",  # room for "The answer is 7." (8 cut the number)
+            "constitutional.critic={kind: rules}",
+            "constitutional.revisions=2",  # each round draws number_only half the time
+            "then=[{stage: sft, config: configs/tiny/sft.yaml, overrides: ["
+            "training.max_steps=40, training.save_steps=40, training.learning_rate=5.0e-4, "
+            "data.eval=null, data.prompts_eval=null, data.preference_eval=null]}]",
+        ],
+    )
+    entry = run_constitutional(config)
+    data = config.run_dir / "data"
+    meta = json.loads((data / "manifest.json").read_text())
+    print("rules critic:", {k: v for k, v in meta.items() if k != "splits"}, entry.metrics)
+    rows = load_validated(str(data / "sft_train.jsonl"), "language_modeling")
+    assert len(rows) == meta["revised"] >= 20
+    assert all(r["messages"][-1]["content"].lstrip("-").isdigit() for r in rows)
+    assert all(r["provenance"]["critic"] == "rules" for r in rows)
+    before = meta["policy_heldout_violation_number_only"]
+    after = entry.metrics["heldout_violation_number_only"]
+    print(f"held-out number_only violation rate: SFT {before:.2f} -> rules CAI + SFT {after:.2f}")
+    # When written: 1.00 -> 0.00, from 48 revised answers of 80. A first run whose answers
+    # were cut at 8 tokens (3 revised) also reached 0.00: -0.4 is far outside the spread.
+    assert before >= 0.5 and after <= before - 0.4
+    assert Registry(runs_dir).get("cai-rules").path == entry.path
+
+
 @pytest.fixture(scope="module")
 def critic_endpoint(ray_local, verbose_sft, rlaif_entry, tmp_path_factory):
     """`rayalign serve`'s app serving the verbose SFT checkpoint and the RLAIF one."""
@@ -158,8 +198,9 @@ def test_critique_and_revise_against_a_live_endpoint(
     critic_endpoint, verbose_sft, verbose_data, runs_dir
 ):
     from pipelines.constitutional import run_constitutional
+    from pipelines.principle_checks import CHECKS
 
-    base_url, model = critic_endpoint
+    base_url, _ = critic_endpoint
     config = load_config(
         ConstitutionalStageConfig,
         ROOT / "configs" / "tiny" / "constitutional.yaml",
@@ -167,25 +208,34 @@ def test_critique_and_revise_against_a_live_endpoint(
             *_safety_overrides(verbose_sft.path, verbose_data, runs_dir, "cai"),
             "data.max_prompts=24",
             "sampling.max_new_tokens=8",
-            f"constitutional.critic={{kind: endpoint, base_url: '{base_url}', model: {model}, "
+            # The RLAIF checkpoint answers with the number only: its revisions can pass the
+            # gate (the verbose SFT one's sentences would be rejected).
+            f"constitutional.critic={{kind: endpoint, base_url: '{base_url}', model: rlaif, "
             "max_tokens: 12, concurrency: 4}",
             "constitutional.revisions=2",
             "then=[]",
         ],
     )
     entry = run_constitutional(config)
+    print("critique and revise:", entry.metrics)
+    assert entry.metrics["answers"] == entry.metrics["revised"] + entry.metrics["unchanged"]
     data = config.run_dir / "data"
     sft_rows = load_validated(str(data / "sft_train.jsonl"), "language_modeling")
     assert entry.path == str(data / "sft_train.jsonl") and entry.rows == len(sft_rows) > 0
     for row in sft_rows:
         origin = row["provenance"]
-        assert origin["critic"] == f"{base_url}#{model}"
+        assert origin["critic"] == f"{base_url}#rlaif"
         assert origin["checkpoint"] == verbose_sft.path
         assert origin["constitution"] == "arithmetic"
         assert len(origin["chain"]) == 2 and len(origin["principles"]) == 2
         assert set(origin["principles"]) <= {"number_only", "no_refusal"}
         assert all(step["critique"] is not None for step in origin["chain"])
         assert row["messages"][-1]["content"] != origin["original"].strip()
+        # What was kept passed the gate: every accepted revision follows the principle it
+        # was asked to fix, and the final answer is the last accepted revision.
+        accepted = [s for s in origin["chain"] if s["verdict"] == "accepted"]
+        assert accepted and all(CHECKS[s["principle"]]("", s["revision"]) for s in accepted)
+        assert row["messages"][-1]["content"] == accepted[-1]["revision"].strip()
     preference = data / "preference_train.jsonl"
     pref_rows = load_validated(str(preference), "preference")
     assert len(pref_rows) == len(sft_rows)
@@ -299,6 +349,7 @@ def test_critique_and_revise_continues_where_a_failed_attempt_stopped(
                 "sampling.max_new_tokens=8",
                 f"constitutional.critic={{kind: endpoint, base_url: '{url}', model: m, "
                 "max_retries: 0, concurrency: 2}",
+                "constitutional.gate=false",  # the stub's replies are echoes, not answers
                 "save_every=4",
                 "then=[]",
                 *extra,
