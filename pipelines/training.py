@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -23,11 +22,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
 
 from pipelines.stage_registry import StageDefinition
+from pipelines.train_callbacks import (
+    ReportCallback,
+    ResumableTensorBoard,
+    record_attempt,
+    resume_dir,
+    resume_step,
+)
 from rayalign.cluster import init_ray
 from rayalign.config import (
     DataConfig,
@@ -199,73 +205,6 @@ def trainer_datasets(config: StageConfig) -> dict[str, Any]:
     }
 
 
-class ReportCallback(TrainerCallback):
-    """Reports each HF checkpoint to Ray Train (rank 0 uploads; every rank reports)."""
-
-    def __init__(self) -> None:
-        self.last_logs: dict[str, float] = {}
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
-            self.last_logs.update(
-                {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
-            )
-
-    def on_save(self, args, state, control, **kwargs):
-        import ray.train
-
-        metrics = {**self.last_logs, "step": state.global_step}
-        ckpt_dir = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        checkpoint = None
-        if ray.train.get_context().get_world_rank() == 0 and ckpt_dir.is_dir():
-            checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir))
-        ray.train.report(
-            metrics,
-            checkpoint=checkpoint,
-            checkpoint_dir_name=f"checkpoint-{state.global_step:06d}",
-        )
-
-
-class ResumableTensorBoard(TensorBoardCallback):
-    """HF's TensorBoard logging, with the steps an earlier attempt logged after the
-    checkpoint this one resumes from cut away (`purge_step`): each step shows once."""
-
-    def __init__(self, purge_step: int) -> None:
-        super().__init__()
-        self.purge_step = purge_step
-
-    def _init_summary_writer(self, args) -> None:
-        if self._SummaryWriter is not None:
-            self.tb_writer = self._SummaryWriter(
-                log_dir=self.logging_dir, purge_step=self.purge_step
-            )
-
-
-def _resume_dir(checkpoint) -> str | None:
-    """The HF checkpoint directory to resume from, if Ray Train has one."""
-    if checkpoint is None:
-        return None
-    path = checkpoint.path  # local storage: the persisted directory itself
-    return path if (Path(path) / "trainer_state.json").exists() else None
-
-
-def _resume_step(resume: str | None) -> int:
-    if not resume:
-        return 0
-    return int(json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"])
-
-
-def _record_attempt(run_dir: Path, resume: str | None, world_size: int) -> None:
-    """Append which step this (re)start of the worker group begins at to attempts.jsonl."""
-    step = _resume_step(resume)
-    if resume:
-        logger.info(f"[rayalign] resuming from {resume} at step {step}")
-    with open(run_dir / "attempts.jsonl", "a") as f:
-        f.write(
-            json.dumps({"time": time.time(), "start_step": step, "world_size": world_size}) + "\n"
-        )
-
-
 def _worker_loop(cfg: dict[str, Any]) -> None:
     """Runs on each Ray Train worker: build the TRL trainer, train (or resume), export."""
     import ray.train
@@ -284,13 +223,13 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         from pipelines.progress import ProgressCallback
 
         trainer.add_callback(ProgressCallback(stage.name))
-    resume = _resume_dir(ray.train.get_checkpoint())
+    resume = resume_dir(ray.train.get_checkpoint())
     if trainer.callback_handler.pop_callback(TensorBoardCallback) is not None:
         # A fresh start (step 0) also drops what an attempt without a checkpoint logged.
-        step = _resume_step(resume)
+        step = resume_step(resume)
         trainer.add_callback(ResumableTensorBoard(purge_step=step + 1 if step else 0))
     if rank == 0:
-        _record_attempt(config.run_dir, resume, ctx.get_world_size())
+        record_attempt(config.run_dir, resume, ctx.get_world_size())
     trainer.train(resume_from_checkpoint=resume)
 
     # The final checkpoint: weights, config, tokenizer and trainer state, no optimizer.
@@ -353,9 +292,6 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
         The registry entry of the final checkpoint.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     config = absolute_local_paths(config)
     stage.validate_data(config)  # bad data stops here, before any worker or checkpoint
@@ -365,6 +301,44 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
         json.dumps({"stage": stage.name, **config.model_dump(mode="json")}, indent=2)
     )
     init_ray(config.resources.num_workers * config.resources.cpus_per_worker + 1)
+
+    final_path = finished_final(run_dir, config.training.max_steps)
+    if final_path:  # a rerun of a finished run: training again would add a step
+        logger.info(f"[{stage.name}] {final_path} is finished already; measuring it again")
+        previous = run_dir / "result.json"
+        trained = _read_json(previous).get("metrics", {}) if previous.exists() else {}
+    else:
+        final_path, trained = _fit(stage, config, run_dir)
+    step = int(_read_json(Path(final_path) / "trainer_state.json")["global_step"])
+    logger.info(f"[{stage.name}] trained {step} steps; measuring {final_path}")
+    metrics = {
+        **trained,
+        **ray.get(ray.remote(num_cpus=1)(stage.measure).remote(config, final_path)),
+    }
+    entry = RegistryEntry(
+        name=config.register_as or config.run.name,
+        stage=stage.name,
+        kind=stage.kind,
+        path=str(final_path),
+        parent=config.model.name_or_path,
+        step=step,
+        metrics=metrics,
+    )
+    Registry(run_dir.parent).register(entry)
+    (run_dir / "result.json").write_text(json.dumps(entry.__dict__, indent=2))
+    logger.info(
+        f"[{stage.name}] registered {entry.name!r}: "
+        + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+    )
+    return entry
+
+
+def _fit(stage: Stage, config: StageConfig, run_dir: Path) -> tuple[str, dict[str, float]]:
+    """Train on Ray Train (resuming from the latest committed checkpoint). Returns the
+    final checkpoint's path and the last logged training metrics."""
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     resources = {"CPU": config.resources.cpus_per_worker, **config.resources.custom_resources}
     if config.resources.use_gpu:
@@ -395,33 +369,28 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
     except KeyboardInterrupt:
         logger.info(f"[{stage.name}] interrupted: {kept_checkpoint(run_dir)}")
         raise
-    final_path = _final_checkpoint_path(result)
-    step = int(json.loads((Path(final_path) / "trainer_state.json").read_text())["global_step"])
-    logger.info(f"[{stage.name}] trained {step} steps; measuring {final_path}")
-    metrics = ray.get(ray.remote(num_cpus=1)(stage.measure).remote(config, final_path))
-    metrics.update(
-        {
-            k: float(v)
-            for k, v in (result.metrics or {}).items()
-            if k not in {"final"} and isinstance(v, int | float)
-        }
-    )
-    entry = RegistryEntry(
-        name=config.register_as or config.run.name,
-        stage=stage.name,
-        kind=stage.kind,
-        path=str(final_path),
-        parent=config.model.name_or_path,
-        step=step,
-        metrics=metrics,
-    )
-    Registry(run_dir.parent).register(entry)
-    (run_dir / "result.json").write_text(json.dumps(entry.__dict__, indent=2))
-    logger.info(
-        f"[{stage.name}] registered {entry.name!r}: "
-        + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-    )
-    return entry
+    metrics = {
+        k: float(v)
+        for k, v in (result.metrics or {}).items()
+        if k != "final" and isinstance(v, int | float)
+    }
+    return _final_checkpoint_path(result), metrics
+
+
+def finished_final(run_dir: Path, max_steps: int) -> str | None:
+    """The run's final checkpoint if Ray Train committed it with all `max_steps` steps."""
+    try:
+        latest = _read_json(run_dir / "checkpoint_manager_snapshot.json")
+        latest = latest["latest_checkpoint_result"]
+        final = run_dir / latest["checkpoint_dir_name"]
+        step = int(_read_json(final / "trainer_state.json")["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(final) if final.name == FINAL_DIR and step >= max_steps else None
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 def kept_checkpoint(run_dir: Path) -> str:

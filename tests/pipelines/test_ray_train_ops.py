@@ -191,7 +191,8 @@ def test_merge_with_start_interpolates_the_final_checkpoint_once(
 ):
     """`training.merge_with_start=0.5`: the final checkpoint is the mean of the trained
     weights (the last step checkpoint holds them unmerged) and the start; a rerun of the
-    finished run resumes from the final checkpoint and does not merge it again."""
+    finished run trains no step more and does not merge again (it measures and registers
+    the final checkpoint as it is)."""
     import torch
     from safetensors.torch import load_file
 
