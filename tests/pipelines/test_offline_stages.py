@@ -75,20 +75,20 @@ def test_preference_stage_raises_margin_keeps_accuracy(stage_name, sft_entry, ea
     before, after = sft_entry.metrics, entry.metrics
     print(f"{stage_name}: sft {before} -> {after}")
     # Both data sets answer with the bare number, so exact match rises; the sums themselves
-    # must survive. Spread over SFT seeds 0/1/2 on this 2-core machine (each seed reproduces
-    # to the last digit; seeds stand in for another machine's numerics), after 60 steps:
-    #   SFT  exact 0.42/0.46/0.44  any format 0.92/0.94/0.88  margin 7.5/7.4/7.1
-    #   DPO  exact 0.94/0.94/0.92  any format 0.94/0.94/0.92  margin 9.9/10.4/11.6
-    #   KTO  exact 0.92/0.96/0.84  any format 0.92/0.96/0.84  margin 9.8/10.0/9.8
-    # Closest to the bounds: margin +2.2 (bound +0.5), exact +0.40 (bound +0.2), any format
-    # -0.04 (KTO with undesirable_weight 1.0 lost 0.14 on seed 2).
-    # On another machine (2026-12-01, same seed 0) SFT reaches any format 1.00 and loses
-    # more of it: DPO 0.92; KTO 0.88, and 0.88-0.94 over nearby settings (lr 1.5e-5..3e-5,
-    # undesirable_weight 0.1..0.25, 40..60 steps). The old bound of -0.10 sat inside that
-    # spread; -0.15 is outside it. Issue 13 item 9 (keep the sums within 0.05) stays open.
-    assert after["heldout_margin"] > before["heldout_margin"] + 0.5
+    # must survive. Spread over SFT seeds 0/1/2 on this 2-thread CPU (2026-12-02; each seed
+    # reproduces to the last digit; seeds stand in for another machine's numerics):
+    #   SFT  exact 0.48/0.60/0.46  any format 1.00/1.00/0.92  margin 7.62/7.60/7.85
+    #   KTO  exact 0.92/0.96/0.94  any format 0.98/0.96/0.94  margin 7.86/8.04/8.93
+    #        (merged halfway back to SFT, configs/tiny/kto.yaml; unmerged: any format
+    #        0.88/0.92/0.92, margin 10.0/9.4/10.6)
+    #   DPO  exact 0.92/1.00/0.94  any format 0.92/1.00/0.94  margin 10.4/10.5/12.6
+    # Closest to the bounds: exact +0.36 (bound +0.2); margin +0.24 for KTO (bound +0.1),
+    # +2.8 for DPO (bound +0.5); any format -0.04 for KTO (bound -0.08: the issue's 0.05
+    # plus room for another machine's numerics), -0.08 for DPO (bound -0.15).
+    margin, kept = {"dpo": (0.5, -0.15), "kto": (0.1, -0.08)}[stage_name]
+    assert after["heldout_margin"] > before["heldout_margin"] + margin
     assert after["heldout_accuracy"] >= before["heldout_accuracy"] + 0.2
-    assert after["heldout_contains_answer"] >= before["heldout_contains_answer"] - 0.15
+    assert after["heldout_contains_answer"] >= before["heldout_contains_answer"] + kept
     state = json.loads((Path(entry.path) / "trainer_state.json").read_text())
     logged = [h for h in state["log_history"] if "rewards/margins" in h or "rewards/chosen" in h]
     assert logged, "the trainer logged no reward metrics"
