@@ -1,8 +1,10 @@
 """`make demo`: the whole post-training pipeline on one local Ray cluster, then every stage
 served on one OpenAI-compatible endpoint.
 
-base model -> SFT -> reward model -> PPO, with DPO, KTO and GRPO branches from SFT
-(configs/tiny/pipeline.yaml), each stage a Ray job on a local `ray start --head` cluster.
+base model -> SFT -> reward model -> PPO, with DPO, KTO and GRPO branches from SFT, and
+the optional safety stages (RLAIF, Constitutional AI: `--with rlaif,constitutional`) after
+DPO (configs/tiny/pipeline.yaml), each stage a Ray job on a local `ray start --head`
+cluster.
 Then: a table comparing the stages on the same held-out questions, summary.json and
 curves.png in the run directory, and the endpoint with the commands to query it, until
 Ctrl-C.
@@ -21,15 +23,17 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "configs" / "tiny" / "pipeline.yaml"
-CHAT_STAGES = ["base", "sft", "dpo", "kto", "grpo", "ppo"]
-SAFETY_STAGES = ["rlaif", "constitutional"]  # optional: `rayalign demo --with rlaif`
+# The table's rows, in this order; every one but the reward model is served as a chat model.
+STAGES = ["base", "pretrain", "sft", "rm", "dpo", "kto", "grpo", "ppo", "rlaif", "constitutional"]
 COLUMNS = {
+    "heldout_text_loss": "text loss",
     "heldout_accuracy": "accuracy",
     # The right number anywhere in the answer: SFT knows the sums but often answers in a
     # sentence, which exact match (accuracy) and the later stages' data and rewards reject.
     "heldout_contains_answer": "any format",
     "heldout_reward": "RL reward",
     "heldout_pairwise_accuracy": "RM pair acc",
+    # Safety stages: how often the greedy answer breaks the constitution's number-only rule.
     "heldout_violation_number_only": "not num-only",
     "seconds": "wall s",
 }
@@ -46,8 +50,7 @@ def summarize(storage: Path, state: dict) -> list[dict]:
 
     entries = Registry(storage).entries()
     rows = []
-    names = ["base", "sft", "rm", "dpo", "kto", "grpo", "ppo"]
-    for name in names + [n for n in SAFETY_STAGES if n in entries]:
+    for name in [n for n in STAGES if n in entries or n in state]:
         entry, st = entries.get(name), state.get(name)
         row = {"stage": name, **(entry.metrics if entry else {})}
         evals = _jsonl(storage / name / "eval.jsonl")
@@ -61,7 +64,7 @@ def summarize(storage: Path, state: dict) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    # A column only where some stage has the figure (violations come with --with rlaif...).
+    # A column only where some stage has the figure.
     columns = {c: label for c, label in COLUMNS.items() if any(c in row for row in rows)}
     print("\n" + f"{'stage':<15}" + "".join(f"{label:>14}" for label in columns.values()))
     for row in rows:
@@ -203,7 +206,8 @@ def run_demo(
     config = load_config(
         PipelineConfig, pipeline, [f"storage_path={storage}", f"include={json.dumps(include)}"]
     )
-    chat = [*CHAT_STAGES, *(n for n in SAFETY_STAGES if n in include)]
+    stages = {"base", *(s.name for s in config.active().stages)}
+    chat = [n for n in STAGES if n in stages and n != "rm"]
     serving = ServingConfig(
         registry=str(storage),
         port=port,

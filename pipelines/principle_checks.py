@@ -44,9 +44,11 @@ Repair = Callable[[str, str], str | None]  # (user prompt, answer) -> revision, 
 
 
 def number_only_repair(prompt: str, answer: str) -> str | None:
-    """The answer's last number, alone ("So 12 + 7 = 19." -> "19"); None if it has none."""
+    """The answer's number, alone ("The answer is 19." -> "19"). None unless the answer
+    holds exactly one number: which of several is the answer ("er is 1 .oiN 0", a sampled
+    garbled answer) takes a model to tell, and a wrong guess would teach a wrong sum."""
     numbers = _NUMBERS.findall(answer)
-    return numbers[-1].lstrip("+") if numbers else None
+    return numbers[0].lstrip("+") if len(numbers) == 1 else None
 
 
 # Checks whose violations a rule can revise. A refusal has no rule: what to answer
