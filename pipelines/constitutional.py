@@ -10,7 +10,8 @@ The answers and every `save_every` finished chains are kept in `<run>/data/` as 
 are made: a rerun after an interruption continues where the last attempt stopped.
 
 The critic is any OpenAI-compatible endpoint (our own `rayalign serve`, an external one),
-a local checkpoint, or the constitution's rules (checks critique, repairs revise). Run as `rayalign train constitutional --config FILE`.
+a local checkpoint, or the constitution's rules (checks critique, repairs revise). Run as
+`rayalign train constitutional --config FILE`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 from pipelines.chat_models import ChatModel, build_chat_model
 from pipelines.constitution import (
@@ -54,6 +56,18 @@ class Chain:
 def chain_rng(seed: int, chain_id: int) -> random.Random:
     """The principles chain `chain_id` draws, whatever batch it runs in (and on a rerun)."""
     return random.Random(f"{seed}:{chain_id}")
+
+
+class Critic(Protocol):
+    label: str
+
+    def critique_and_revise(
+        self, prompts: list[list[dict]], answers: list[str], principles: list[Principle]
+    ) -> tuple[list[str], list[str]]:
+        """A critique and a revision of each answer under its principle, in order."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class ModelCritic:
@@ -109,7 +123,7 @@ class RulesCritic:
         pass
 
 
-def build_critic(spec: CriticSpec, rollout, constitution: Constitution):
+def build_critic(spec: CriticSpec, rollout, constitution: Constitution) -> Critic:
     if spec.kind != "rules":
         return ModelCritic(build_chat_model(spec, rollout))
     if not any(p.check in REPAIRS for p in constitution.principles):
@@ -140,7 +154,7 @@ def passes_gate(
 
 
 def critique_and_revise(
-    critic,
+    critic: Critic,
     constitution: Constitution,
     prompts: list[list[dict]],
     chains: list[Chain],

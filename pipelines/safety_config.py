@@ -118,15 +118,6 @@ class FollowUp(Strict):
     overrides: list[str] = Field(
         default_factory=list, description="KEY=VALUE overrides of that config."
     )
-    max_epochs: float | None = Field(
-        None,
-        gt=0,
-        description=(
-            "Train at most this many passes over the generated split: training.max_steps is "
-            "lowered to fit (at least 1 step). A policy that already follows the principles "
-            "leaves few rows, and a fixed step count would repeat them hundreds of times."
-        ),
-    )
 
 
 class SafetyStageConfig(Strict):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -366,30 +365,9 @@ def run_follow_ups(config: SafetyStageConfig, splits: dict[str, Path]) -> Regist
                 f"register_as={(config.register_as or config.run.name) if last else name}",
             ],
         )
-        stage_config = cap_epochs(stage_config, follow.max_epochs, splits[split])
-        logger.info(
-            f"[{config.run.name}] training {follow.stage} on {splits[split]} "
-            f"({stage_config.training.max_steps} steps)"
-        )
+        logger.info(f"[{config.run.name}] training {follow.stage} on {splits[split]}")
         entry = stage.run(stage_config)
     return entry
-
-
-def cap_epochs(stage_config, max_epochs: float | None, split: Path):
-    """`stage_config` with `training.max_steps` lowered to `max_epochs` passes over the
-    rows of `split` (at least one step); unchanged when it already trains fewer."""
-    if max_epochs is None:
-        return stage_config
-    with split.open("rb") as f:
-        rows = sum(1 for line in f if line.strip())
-    training = stage_config.training
-    steps = max(1, math.ceil(max_epochs * rows / training.global_batch_size))
-    if steps >= training.max_steps:
-        return stage_config
-    capped = training.model_copy(
-        update={"max_steps": steps, "save_steps": min(training.save_steps, steps)}
-    )
-    return stage_config.model_copy(update={"training": capped})
 
 
 def add_metrics(config: SafetyStageConfig, entry: RegistryEntry, metrics: dict) -> None:

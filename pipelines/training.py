@@ -379,14 +379,25 @@ def _fit(stage: Stage, config: StageConfig, run_dir: Path) -> tuple[str, dict[st
 
 def finished_final(run_dir: Path, max_steps: int) -> str | None:
     """The run's final checkpoint if Ray Train committed it with all `max_steps` steps."""
+    latest = _latest_committed(run_dir)
+    if latest is None or latest[0] != FINAL_DIR:
+        return None
+    final = run_dir / FINAL_DIR
     try:
-        latest = _read_json(run_dir / "checkpoint_manager_snapshot.json")
-        latest = latest["latest_checkpoint_result"]
-        final = run_dir / latest["checkpoint_dir_name"]
         step = int(_read_json(final / "trainer_state.json")["global_step"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return str(final) if final.name == FINAL_DIR and step >= max_steps else None
+    return str(final) if step >= max_steps else None
+
+
+def _latest_committed(run_dir: Path) -> tuple[str, Any] | None:
+    """(directory name, step) of Ray Train's last committed checkpoint, if any."""
+    try:
+        latest = _read_json(run_dir / "checkpoint_manager_snapshot.json")
+        latest = latest["latest_checkpoint_result"]
+        return latest["checkpoint_dir_name"], latest["metrics"].get("step")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _read_json(path: Path) -> dict:
@@ -395,12 +406,10 @@ def _read_json(path: Path) -> dict:
 
 def kept_checkpoint(run_dir: Path) -> str:
     """What a rerun of the stage resumes from: Ray Train's last committed checkpoint."""
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-        latest = snapshot["latest_checkpoint_result"]
-        name, step = latest["checkpoint_dir_name"], latest["metrics"].get("step")
-    except (OSError, ValueError, KeyError, TypeError):
+    latest = _latest_committed(run_dir)
+    if latest is None:
         return "no checkpoint committed yet; a rerun starts at step 0"
+    name, step = latest
     return f"kept {run_dir / name} (step {step}); rerun the same command to resume from it"
 
 

@@ -338,19 +338,3 @@ def test_the_rules_critic_revises_what_a_rule_can_fix():
     unfixable = constitution.model_copy(update={"principles": [no_refusal_p]})
     with pytest.raises(ValueError, match="no principle .* has a check with a repair"):
         build_critic(spec, None, unfixable)
-
-
-def test_a_follow_up_trains_at_most_max_epochs_of_its_split(tmp_path):
-    from pipelines.safety_stage import cap_epochs
-    from pipelines.stage_registry import load_stage
-    from rayalign.config import load_config
-
-    config = load_config(load_stage("sft").config_cls, ROOT / "configs" / "tiny" / "sft.yaml")
-    assert (config.training.max_steps, config.training.global_batch_size) == (500, 32)
-    split = tmp_path / "sft_train.jsonl"
-    for rows, epochs, steps in [(5, 3, 1), (101, 3, 10), (320, 2, 20), (10_000, 3, 500)]:
-        split.write_text('{"messages": []}\n' * rows)
-        capped = cap_epochs(config, epochs, split)
-        assert capped.training.max_steps == steps, (rows, epochs)
-        assert capped.training.save_steps == min(config.training.save_steps, steps)
-    assert cap_epochs(config, None, split) is config
