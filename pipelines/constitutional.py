@@ -30,8 +30,8 @@ from pipelines.constitution import (
 )
 from pipelines.principle_checks import REPAIRS, get_check
 from pipelines.safety_config import ConstitutionalStageConfig, CriticSpec
+from pipelines.safety_journal import Journal
 from pipelines.safety_stage import (
-    Journal,
     absolute_paths,
     policy_answers,
     provenance,

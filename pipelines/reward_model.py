@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from pipelines.training import Stage, StageConfig, trainer_datasets
+from pipelines.training import Stage, trainer_datasets
+from pipelines.training_config import StageConfig
 from rayalign.config import Strict
 from rayalign.data.datasets import load_rows, validate_rows
 from rayalign.models.reward import load_reward_model, score

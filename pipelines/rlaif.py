@@ -28,8 +28,8 @@ from pipelines.labelling import (
     tally,
 )
 from pipelines.safety_config import RLAIFStageConfig
+from pipelines.safety_journal import Journal
 from pipelines.safety_stage import (
-    Journal,
     absolute_paths,
     policy_answers,
     provenance,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +23,11 @@ from pipelines.safety_config import (
     RLAIFStageConfig,
     SafetyStageConfig,
 )
+from pipelines.safety_journal import check_settings, data_dir, kept_progress
 from rayalign.cluster import init_ray
 from rayalign.config import load_config, resolve_local
 from rayalign.data.datasets import load_rows, validate_rows
-from rayalign.data.io import DataError, write_atomic, write_jsonl
+from rayalign.data.io import write_atomic, write_jsonl
 from rayalign.registry import DatasetEntry, Registry, RegistryEntry
 
 logger = logging.getLogger(__name__)
@@ -79,10 +79,6 @@ def read_prompt_conversations(path: str, limit: int | None = None) -> list[list[
     ]
 
 
-def data_dir(config: SafetyStageConfig) -> Path:
-    return config.run_dir / "data"
-
-
 def write_split(config: SafetyStageConfig, split: str, rows: list[dict]) -> Path:
     """Validate `rows` in the split's TRL format, then write `<run>/data/<split>_train.jsonl`
     atomically (a crash never leaves half a file)."""
@@ -90,62 +86,6 @@ def write_split(config: SafetyStageConfig, split: str, rows: list[dict]) -> Path
     validate_rows(rows, SPLIT_FORMATS[split], str(path))
     write_jsonl(path, rows)
     return path
-
-
-def read_journal(path: Path) -> list[dict]:
-    """The rows earlier attempts appended to `path` (JSON lines). A torn last line (an
-    attempt killed mid-write) is cut off the file; any other bad line is an error."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    rows: list[dict] = []
-    good = 0
-    lines = data.splitlines(keepends=True)
-    for number, line in enumerate(lines, 1):
-        try:
-            if not line.endswith(b"\n"):
-                raise ValueError("no end of line")
-            rows.append(json.loads(line))
-        except ValueError as err:
-            if number < len(lines):
-                raise DataError(f"{path}: line {number} is not JSON ({err})") from None
-            logger.warning(f"{path}: dropping a torn last line (line {number})")
-            break
-        good += len(line)
-    if good < len(data):
-        with path.open("r+b") as f:
-            f.truncate(good)
-    return rows
-
-
-def append_journal(path: Path, rows: list[dict]) -> None:
-    """Append `rows` to `path` as JSON lines, on disk before this returns."""
-    with path.open("a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def check_settings(config: SafetyStageConfig, settings: dict[str, Any]) -> None:
-    """Rows kept by an earlier attempt continue only under the settings that made them.
-
-    The first attempt writes `<run>/data/settings.json`; a rerun whose settings differ
-    (another critic, seed, prompt file...) is refused with the keys that changed, rather
-    than mixing rows of two setups in one dataset.
-    """
-    path = data_dir(config) / "settings.json"
-    settings = json.loads(json.dumps(settings))  # as it reads back
-    if not path.exists():
-        write_atomic(path, json.dumps(settings, indent=2) + "\n")
-        return
-    before = json.loads(path.read_text())
-    changed = sorted(k for k in before.keys() | settings.keys() if before.get(k) != settings.get(k))
-    if changed:
-        raise ValueError(
-            f"{config.run.name}: {data_dir(config)} holds rows of an earlier attempt made "
-            f"with other settings ({', '.join(changed)} changed; see {path}). Rerun with "
-            "the same settings to continue it, or choose another run.name"
-        )
 
 
 def common_settings(config: SafetyStageConfig, prompts: list[list[dict]]) -> dict[str, Any]:
@@ -178,54 +118,6 @@ def policy_answers(
     answers = sample_policy(config, prompts)
     write_atomic(path, "".join(json.dumps({"answers": a}) + "\n" for a in answers))
     return answers
-
-
-def kept_progress(config: SafetyStageConfig) -> str:
-    """What of an unfinished attempt is on disk, for the message when it stops."""
-    data = data_dir(config)
-    kept = []
-    for name, what in (
-        ("answers.jsonl", "the policy's answers to {} prompts"),
-        ("chains.jsonl", "{} revised answers"),
-        ("labels.jsonl", "{} labelled pairs"),
-    ):
-        if (data / name).exists():
-            with (data / name).open("rb") as f:
-                kept.append(what.format(sum(1 for line in f if line.endswith(b"\n"))))
-    if not kept:
-        return "nothing kept yet; a rerun starts over"
-    return f"kept {', '.join(kept)} in {data}; rerun the same command to continue"
-
-
-class Journal:
-    """A safety stage's finished work items (revised chains, labelled pairs), numbered
-    0..total-1 and appended to `<run>/data/<name>` a batch at a time as they are done; the
-    items an earlier attempt finished are read back and not done again."""
-
-    def __init__(self, config: SafetyStageConfig, name: str, total: int, what: str) -> None:
-        self.config, self.total, self.what = config, total, what
-        self.path = data_dir(config) / name
-        self.rows = {row["id"]: row for row in read_journal(self.path)}
-        if self.rows:
-            logger.info(
-                f"[{config.run.name}] continuing: {len(self.rows)} of {total} {what} by an "
-                f"earlier attempt ({self.path})"
-            )
-
-    def todo(self) -> list[list[int]]:
-        """The items not done yet, `save_every` at a time."""
-        ids = [i for i in range(self.total) if i not in self.rows]
-        size = self.config.save_every
-        return [ids[start : start + size] for start in range(0, len(ids), size)]
-
-    def add(self, rows: list[dict]) -> None:
-        """Keep a finished batch (each row with its item's "id") on disk, then in memory."""
-        append_journal(self.path, rows)
-        self.rows.update((row["id"], row) for row in rows)
-        logger.info(f"[{self.config.run.name}] {len(self.rows)}/{self.total} {self.what}")
-
-    def ordered(self) -> list[dict]:
-        return [self.rows[i] for i in range(self.total)]
 
 
 def finished_splits(config: SafetyStageConfig) -> tuple[dict[str, Path], dict] | None:

@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
 from transformers import Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
@@ -34,13 +33,9 @@ from pipelines.train_callbacks import (
     resume_dir,
     resume_step,
 )
+from pipelines.training_config import StageConfig
 from rayalign.cluster import init_ray
 from rayalign.config import (
-    DataConfig,
-    ModelConfig,
-    ResourcesConfig,
-    RunConfig,
-    Strict,
     resolve_local,
 )
 from rayalign.logs import configure as configure_logging
@@ -50,87 +45,6 @@ from rayalign.registry import Registry, RegistryEntry
 logger = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
-
-
-class TrainingConfig(Strict):
-    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
-    global_batch_size: int = Field(
-        32,
-        ge=1,
-        description="Sequences per optimizer step summed over all workers and accumulation.",
-    )
-    gradient_accumulation_steps: int = Field(
-        1, ge=1, description="Micro-batches per optimizer step."
-    )
-    max_steps: int = Field(100, ge=1, description="Optimizer steps to train.")
-    warmup_ratio: float = Field(
-        0.05, ge=0, lt=1, description="Fraction of steps of linear warm-up."
-    )
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="Learning-rate schedule after warm-up."
-    )
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    logging_steps: int = Field(
-        10, ge=1, description="Steps between logged metrics (progress, TensorBoard)."
-    )
-    save_steps: int = Field(
-        50, ge=1, description="Steps between checkpoints reported to Ray Train."
-    )
-    keep_checkpoints: int = Field(
-        2, ge=1, description="Step checkpoints kept in storage (the final one is kept too)."
-    )
-    max_failures: int = Field(
-        2,
-        ge=-1,
-        description="Worker-group failures to recover from (from the latest checkpoint); -1 is unlimited.",
-    )
-    merge_with_start: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description=(
-            "WiSE-FT: the final checkpoint is this weight times the trained weights plus the "
-            "rest times the starting model's (1.0 keeps the trained weights). Below 1 keeps "
-            "more of what the start knew at the cost of some of what training added; step "
-            "checkpoints stay unmerged, so a resumed run merges once, at its end."
-        ),
-    )
-
-
-class StageConfig(Strict):
-    """Fields every offline stage shares."""
-
-    model: ModelConfig = Field(description="The model training starts from.")
-    data: DataConfig = Field(description="Training and held-out data.")
-    run: RunConfig = Field(description="Run name, storage and seed.")
-    resources: ResourcesConfig = Field(
-        default_factory=ResourcesConfig, description="Ray Train workers."
-    )
-    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation.")
-    register_as: str | None = Field(
-        None, description="Registry name of the final checkpoint (default: the run name)."
-    )
-
-    @model_validator(mode="after")
-    def _batch_divides(self) -> StageConfig:
-        per_step = self.resources.num_workers * self.training.gradient_accumulation_steps
-        if self.training.global_batch_size % per_step:
-            raise ValueError(
-                f"training.global_batch_size ({self.training.global_batch_size}) must be divisible by "
-                f"resources.num_workers x training.gradient_accumulation_steps ({per_step})"
-            )
-        return self
-
-    @property
-    def per_device_batch_size(self) -> int:
-        return self.training.global_batch_size // (
-            self.resources.num_workers * self.training.gradient_accumulation_steps
-        )
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.run.storage_path).resolve() / self.run.name
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,14 @@ needs on top:
 - bearer-key auth on every API route (401), a request-body size limit (413),
   OpenAI-style error bodies for unknown models (404) and malformed requests (400: bad
   JSON or UTF-8, roles outside the chat API), and error messages with nothing of Ray's
-  internals in them; `/v1/models` shows each model's stage, step, parent and metrics but
-  no server paths.
+  internals in them (the middlewares for these live in `serving.http_guards`);
+  `/v1/models` shows each model's stage, step, parent and metrics but no server paths.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import os
-import re
 import time
 from collections.abc import Awaitable
 from importlib import resources
@@ -41,6 +38,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from rayalign.registry import Kind, Registry
 from serving.config import IngressAppArgs, IngressSettings, ReplicaOptions
+from serving.http_guards import (
+    BearerAuth,
+    BodyLimit,
+    ErrorBodies,
+    bad_role,
+    openai_error,
+    use_settings,
+)
 from serving.model_apps import app_name, parse_app_name
 from serving.ray_llm_adapter import (
     OPENAI_ROUTES,
@@ -53,165 +58,8 @@ from serving.ray_llm_adapter import (
     openai_fastapi_app,
 )
 
-# Settings of this replica's ingress, read by the ASGI middlewares below (one ingress
-# object per replica process).
-_SETTINGS = IngressSettings()
 # How long the list of served models is reused before Serve is asked again, seconds.
 _LOOKUP_TTL_S = 1.0
-# Pages anyone may load: they hold no data, and the page's own calls carry the key.
-_PUBLIC_PATHS = {"/", "/playground"}
-
-
-def _error_body(
-    status: int, message: str, code: str | None, param: str | None = None
-) -> dict[str, Any]:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def openai_error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
-    """A JSON error response in OpenAI's shape: {"error": {message, type, param, code}}."""
-    return JSONResponse(_error_body(status, message, code, param), status_code=status)
-
-
-# ray.serve.llm words its errors "Message: <for the user>, Internal exception: <Ray's
-# internals>, original exception: <the exception again>" (ray.llm's server_utils).
-_RAY_ERROR = re.compile(r"^Message: (?P<message>.*?), Internal exception: ", re.DOTALL)
-_REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
-# Roles of the OpenAI chat API; anything else is refused (vLLM would take any role).
-CHAT_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-
-
-def user_facing_error(status: int, body: Any) -> dict[str, Any]:
-    """An error body as clients should see it: OpenAI's shape, the message meant for the
-    user only (no Ray internals, exception class names or request ids; the request id is
-    in the `x-request-id` header)."""
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        message = error["message"]
-        if match := _RAY_ERROR.match(message):
-            message = match["message"]
-        message = _REQUEST_ID.sub("", message).strip()
-        if status >= 500:
-            message = "Internal server error."
-        code = error.get("code")
-        return _error_body(
-            status,
-            message or "Request failed.",
-            code if isinstance(code, str) else None,
-            error.get("param") if isinstance(error.get("param"), str) else None,
-        )
-    # FastAPI's own errors ({"detail": ...}): an unknown route, a body it could not read.
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        first = detail[0]  # a validation error: say what and where
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        detail = f"Invalid request: {first.get('msg', 'invalid value')} at {where or 'body'}."
-    if not isinstance(detail, str) or status >= 500:
-        detail = "Request failed." if status < 500 else "Internal server error."
-    return _error_body(status, detail, None)
-
-
-class ErrorBodies:
-    """ASGI middleware: every JSON error response leaves in OpenAI's shape with the
-    user-facing message only (`user_facing_error`). Streams are left alone: their errors
-    are events inside a 200 response."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start: dict | None = None
-        chunks: list[bytes] = []
-
-        async def rewrite(message):
-            nonlocal start
-            if message["type"] == "http.response.start":
-                headers = dict(message.get("headers", []))
-                is_json = headers.get(b"content-type", b"").startswith(b"application/json")
-                if message["status"] >= 400 and is_json:
-                    start = message  # hold it until the whole body is here
-                    return
-                return await send(message)
-            if start is None or message["type"] != "http.response.body":
-                return await send(message)
-            chunks.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            try:
-                body = json.loads(b"".join(chunks))
-            except ValueError:
-                body = None
-            data = json.dumps(user_facing_error(start["status"], body)).encode()
-            headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
-            headers.append((b"content-length", str(len(data)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": data})
-
-        return await self.app(scope, receive, rewrite)
-
-
-class BearerAuth:
-    """ASGI middleware: with an API key set, every route but the static page needs
-    `Authorization: Bearer KEY`."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        key = _SETTINGS.api_key
-        if scope["type"] != "http" or not key or scope["path"] in _PUBLIC_PATHS:
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers", []))
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), key):
-            return await self.app(scope, receive, send)
-        message = (
-            "Missing API key: send 'Authorization: Bearer KEY'."
-            if not given
-            else "Incorrect API key provided."
-        )
-        return await openai_error(401, message, "invalid_api_key")(scope, receive, send)
-
-
-class BodyLimit:
-    """ASGI middleware: bodies over `max_body_bytes` get 413 before the app sees them."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = _SETTINGS.max_body_bytes
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await self._too_large(limit, scope, receive, send)
-        # Chunked or undeclared bodies: read up to the limit, then replay them to the app.
-        messages, size = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            size += len(message.get("body", b""))
-            if size > limit:
-                return await self._too_large(limit, scope, receive, send)
-            if message["type"] != "http.request" or not message.get("more_body"):
-                break
-
-        async def replay():
-            return messages.pop(0) if messages else await receive()
-
-        return await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _too_large(limit, scope, receive, send):
-        response = openai_error(
-            413, f"Request body exceeds the limit of {limit} bytes.", "request_too_large"
-        )
-        return await response(scope, receive, send)
 
 
 class RewardScoreRequest(BaseModel):
@@ -238,9 +86,8 @@ class RayalignIngress(DynamicModelsIngress):
     """OpenAI-compatible ingress over the models published as Serve applications."""
 
     def __init__(self, settings: IngressSettings) -> None:
-        global _SETTINGS
         super().__init__()
-        _SETTINGS = settings
+        use_settings(settings)
         self._registry = Registry(settings.registry) if settings.registry else None
         self._served: dict[str, Kind] = {}
         self._looked_up = 0.0
@@ -363,7 +210,7 @@ class RayalignIngress(DynamicModelsIngress):
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         return (
-            _bad_role(body.messages)
+            bad_role(body.messages)
             or await self._missing(body.model, "chat")
             or await self._unless_gone(super().chat(body, request), body.model, "chat")
         )
@@ -397,21 +244,6 @@ class RayalignIngress(DynamicModelsIngress):
 class ModelGone(LookupError):
     """A model's application is gone although the served list (refreshed every second)
     still had it: the request gets the 404 a later one would."""
-
-
-def _bad_role(messages: list[Any]) -> JSONResponse | None:
-    """400 for the first message whose role the OpenAI chat API does not have."""
-    for i, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
-        if role not in CHAT_ROLES:
-            return openai_error(
-                400,
-                f"Invalid role {role!r} in messages[{i}]; "
-                f"expected one of: {', '.join(sorted(CHAT_ROLES))}.",
-                "invalid_role",
-                f"messages[{i}].role",
-            )
-    return None
 
 
 def _playground_html() -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse
 from starlette.testclient import TestClient
 
-from serving.ingress import ErrorBodies, _bad_role, user_facing_error
+from serving.http_guards import ErrorBodies, bad_role, user_facing_error
 
 # What ray.serve.llm returns for a request vLLM refuses (Ray 2.60, server_utils).
 RAY_ERROR = {
@@ -89,8 +89,8 @@ def test_frameworks_own_errors_get_the_openai_shape(client):
 
 def test_only_the_chat_apis_roles_pass():
     ok = [{"role": r, "content": "x"} for r in ("system", "developer", "user", "assistant")]
-    assert _bad_role(ok) is None
-    refused = _bad_role([*ok, {"role": "wizard", "content": "x"}])
+    assert bad_role(ok) is None
+    refused = bad_role([*ok, {"role": "wizard", "content": "x"}])
     assert refused.status_code == 400
     assert b"messages[4].role" in refused.body and b"wizard" in refused.body
 
