@@ -50,8 +50,10 @@ def llm_config(name: str, path: str, options: ChatModelOptions) -> LLMConfig:
         env = {}
     else:
         bundle = {"CPU": options.cpus_per_replica, "GPU": 0}
-        # Engines that share cores must not pin OpenMP threads to the same ones.
-        env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+        # Engines that share cores must not pin OpenMP threads to the same ones, nor spin
+        # them between kernels: a spinning engine takes the cores the proxy, the ingress
+        # and the other engines need (bench/NOTES.md, the soak).
+        env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_WAIT_POLICY": "passive"}
         # In bytes, unlike VLLM_CPU_KVCACHE_SPACE (whole GiB), which the engine init
         # callback clears from the replica's environment so that this one counts.
         engine_kwargs["kv_cache_memory_bytes"] = int(options.cpu_kvcache_gib * 2**30)
