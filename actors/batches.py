@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -13,12 +14,14 @@ class PromptRequest:
 
     `seed`, when set, seeds this prompt's samples (its i-th sample draws from seed + i),
     whichever worker and batch it lands in; else `SamplingOptions.seed` applies.
+    `columns` are the prompt row's other fields, for the reward functions.
     """
 
     index: int
     messages: list[dict]
     ground_truth: str | None = None
     seed: int | None = None
+    columns: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,24 +31,52 @@ class EvalResult:
     samples: list[dict] = field(default_factory=list)
 
 
-def read_prompts(path: str | Path) -> tuple[list[list[dict]], list[str]]:
-    """Prompts (as chat messages) and ground truths from a `prompts` split."""
-    conversations, truths = [], []
+@dataclass
+class PromptRows:
+    """A prompts split as the RL stage reads it.
+
+    Attributes:
+        conversations: each row's prompt as chat messages.
+        truths: each row's `ground_truth` as a string, None where it has none.
+        columns: each row's fields other than `prompt` (what reward functions receive).
+        conversational: whether the file gave prompts as messages (not plain strings).
+    """
+
+    conversations: list[list[dict]]
+    truths: list[str | None]
+    columns: list[dict[str, Any]]
+    conversational: bool
+
+
+def read_prompt_rows(path: str | Path, require_truth: bool = False) -> PromptRows:
+    """The prompt rows of a `prompts` split (a string prompt becomes one user message)."""
+    rows = PromptRows([], [], [], conversational=True)
     for i, row in enumerate(read_jsonl(path), start=1):
         prompt, truth = row.get("prompt"), row.get("ground_truth")
         if isinstance(prompt, str):
+            rows.conversational = False
             prompt = [{"role": "user", "content": prompt}]
         if not isinstance(prompt, list) or not prompt:
             raise DataError(
                 f"{path}, row {i}, field 'prompt': expected a string or a list of messages"
             )
-        if not isinstance(truth, str | int | float) or isinstance(truth, bool):
+        if (truth is not None or require_truth) and (
+            not isinstance(truth, str | int | float) or isinstance(truth, bool)
+        ):
             raise DataError(
                 f"{path}, row {i}, field 'ground_truth': expected a string, got {truth!r}"
             )
-        conversations.append(prompt)
-        truths.append(str(truth))
-    return conversations, truths
+        rows.conversations.append(prompt)
+        rows.truths.append(None if truth is None else str(truth))
+        rows.columns.append({k: v for k, v in row.items() if k != "prompt"})
+    return rows
+
+
+def read_prompts(path: str | Path) -> tuple[list[list[dict]], list[str]]:
+    """Prompts (as chat messages) and ground truths from a `prompts` split; every row
+    needs a ground truth."""
+    rows = read_prompt_rows(path, require_truth=True)
+    return rows.conversations, [str(t) for t in rows.truths]
 
 
 @torch.no_grad()

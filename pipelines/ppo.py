@@ -19,6 +19,7 @@ from pipelines.rl_actors import build_actors, cpus_needed
 from pipelines.rl_checkpoint import RunState
 from pipelines.rl_driver import RLDriver
 from pipelines.rl_metrics import MetricsLog
+from pipelines.rl_rewards import check_reward_functions
 from pipelines.stage_registry import StageDefinition
 from rayalign.cluster import init_ray
 from rayalign.registry import RegistryEntry
@@ -27,6 +28,7 @@ from rayalign.rl_config import PPOStageConfig
 
 def run_rl(config: PPOStageConfig) -> RegistryEntry:
     """Run (or resume) an RL stage to its last step and register its checkpoints."""
+    check_reward_functions(config)  # before any actor starts
     init_ray(cpus_needed(config))
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)

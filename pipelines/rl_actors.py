@@ -113,9 +113,7 @@ def build_scorers(config: PPOStageConfig) -> list[Any]:
         num_gpus=r.gpus_per_scorer,
         resources=r.custom_resources or None,
     )(RewardScorer)
-    return [
-        cls.remote(r.reward_model, r.functions, r.reward_model_weight) for _ in range(r.num_scorers)
-    ]
+    return [cls.remote(r) for _ in range(r.num_scorers)]
 
 
 def build_reference(config: PPOStageConfig) -> Any:

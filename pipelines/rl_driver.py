@@ -27,7 +27,7 @@ import ray
 import torch
 
 from actors.batches import PromptRequest, Sample, SamplingOptions, ScoredBatch, TrainBatch
-from pipelines.evaluate import read_prompts
+from pipelines.evaluate import PromptRows, read_prompt_rows
 from pipelines.rl_actors import RLActors
 from pipelines.rl_autoscale import wanted_pool_size
 from pipelines.rl_checkpoint import RunState, register_final, save_checkpoint
@@ -44,7 +44,7 @@ class Rollouts:
 
     samples: list[Sample]
     prompts: list[list[dict]]
-    ground_truths: list[str | None]
+    columns: list[dict[str, Any]]  # each sample's prompt row without the prompt
 
     @property
     def mask(self) -> torch.Tensor:
@@ -64,7 +64,7 @@ class Rollouts:
         return Rollouts(
             [self.samples[i] for i in idx],
             [self.prompts[i] for i in idx],
-            [self.ground_truths[i] for i in idx],
+            [self.columns[i] for i in idx],
         )
 
 
@@ -91,7 +91,7 @@ class RLDriver:
         self.actors = actors
         self.state = state
         self.metrics = metrics
-        self.prompts, self.truths = read_prompts(config.data.prompts)
+        self.data = read_prompt_rows(config.data.prompts)
         self.version = state.step
         actors.pool.weight_version = self.version
         self.entry: RegistryEntry | None = None
@@ -105,17 +105,13 @@ class RLDriver:
         same prompts and, with the same weights, the same samples as one never stopped,
         on any number of workers.
         """
-        order = list(range(len(self.prompts)))
+        order = list(range(len(self.data.conversations)))
         per_step = self.rl.prompts_per_step
         epoch, offset = divmod(step * per_step, len(order))
         random.Random(self.config.run.seed + epoch).shuffle(order)
         idx = [order[(offset + i) % len(order)] for i in range(per_step)]
-        return [
-            PromptRequest(
-                i, self.prompts[j], self.truths[j], seed=sample_seed(self.config.run.seed, step, i)
-            )
-            for i, j in enumerate(idx)
-        ]
+        seed = self.config.run.seed
+        return [_request(self.data, j, i, sample_seed(seed, step, i)) for i, j in enumerate(idx)]
 
     def generate(
         self, requests: list[PromptRequest], n: int | None = None, seed: int | None = None
@@ -129,11 +125,14 @@ class RLDriver:
         grouped = self.actors.pool.generate(requests, sampling)
         samples = [s for group in grouped for s in group]
         prompts = [requests[s.index].messages for s in samples]
-        truths = [requests[s.index].ground_truth for s in samples]
-        return Rollouts(samples, prompts, truths)
+        columns = [requests[s.index].columns for s in samples]
+        return Rollouts(samples, prompts, columns)
 
-    def score(self, ro: Rollouts) -> ScoredBatch:
-        """Rewards [B] of every sample, the batch split round-robin among the scorers."""
+    def score(self, ro: Rollouts, conversational: bool | None = None) -> ScoredBatch:
+        """Rewards [B] of every sample, the batch split round-robin among the scorers
+        (`conversational`: the prompts file's form, default the training prompts')."""
+        if conversational is None:
+            conversational = self.data.conversational
         scorers = self.actors.scorers
         shards = [list(range(i, len(ro.samples), len(scorers))) for i in range(len(scorers))]
         outs: list[ScoredBatch] = ray.get(
@@ -141,7 +140,9 @@ class RLDriver:
                 sc.score.remote(
                     [ro.prompts[j] for j in idx],
                     [ro.samples[j].text for j in idx],
-                    [ro.ground_truths[j] for j in idx],
+                    [ro.samples[j].completion_ids for j in idx],
+                    [ro.columns[j] for j in idx],
+                    conversational,
                 )
                 for sc, idx in zip(scorers, shards, strict=True)
             ]
@@ -220,7 +221,7 @@ class RLDriver:
         """score -> reference log-probs -> advantages -> update (the caller syncs weights).
         Returns the step's metrics, with `updated` 0.0 when no group was left to learn from."""
         scored = _timed(timings, "score", self.score, ro)
-        metrics = {f"reward/{k}": v.mean().item() for k, v in scored.components.items()}
+        metrics = {f"reward/{k}": v.nanmean().item() for k, v in scored.components.items()}
         metrics.update(
             reward=scored.rewards.mean().item(),
             samples=float(len(ro.samples)),
@@ -261,23 +262,25 @@ class RLDriver:
         """
         if not self.config.data.prompts_eval:
             return {}
-        convs, truths = read_prompts(self.config.data.prompts_eval)
-        requests = [
-            PromptRequest(i, c, t) for i, (c, t) in enumerate(zip(convs, truths, strict=True))
-        ]
-        grouped = self.actors.pool.generate(
-            requests, SamplingOptions(n=1, temperature=0.0, max_tokens=self.rl.max_new_tokens)
-        )
-        accuracy = sum(
-            exact_match_reward(g[0].text, t) == 1.0 for g, t in zip(grouped, truths, strict=True)
-        ) / len(truths)
+        data = read_prompt_rows(self.config.data.prompts_eval)
+        requests = [_request(data, i, i) for i in range(len(data.conversations))]
+        out: dict[str, float] = {}
+        graded = [r for r in requests if r.ground_truth is not None]
+        if graded:  # exact match where the rows have a ground truth
+            greedy = SamplingOptions(n=1, temperature=0.0, max_tokens=self.rl.max_new_tokens)
+            texts = [g[0].text for g in self.actors.pool.generate(graded, greedy)]
+            truths = [r.ground_truth or "" for r in graded]
+            right = [exact_match_reward(a, t) == 1.0 for a, t in zip(texts, truths, strict=True)]
+            out["heldout_accuracy"] = sum(right) / len(right)
         # Seeded per request: the same draws at every eval step, and the training rollouts'
         # random stream is left as it would be without evaluations.
-        sampled = self.generate(requests, n=self.rl.eval_samples, seed=self.config.run.seed)
-        return {
-            "heldout_accuracy": accuracy,
-            "heldout_reward": self.score(sampled).rewards.mean().item(),
-        }
+        sampled = self.generate(requests, self.rl.eval_samples, self.config.run.seed)
+        scored = self.score(sampled, data.conversational)
+        out["heldout_reward"] = scored.rewards.mean().item()
+        out.update(
+            {f"heldout_reward/{k}": v.nanmean().item() for k, v in scored.components.items()}
+        )
+        return out
 
     # -- the loop -------------------------------------------------------------
     def run(self) -> RegistryEntry:
@@ -350,6 +353,13 @@ class RLDriver:
         )
         if wanted is not None:
             self.actors.controller.set_rollout_workers.remote(wanted)
+
+
+def _request(data: PromptRows, row: int, index: int, seed: int | None = None) -> PromptRequest:
+    """Row `row` of `data` as the step's `index`-th prompt."""
+    return PromptRequest(
+        index, data.conversations[row], data.truths[row], seed=seed, columns=data.columns[row]
+    )
 
 
 def sample_seed(run_seed: int, step: int, index: int) -> int:

@@ -1,13 +1,22 @@
-"""Verifiable reward functions for the task suite.
+"""Verifiable reward functions for the task suite, in TRL's `reward_funcs` form.
 
-Pure functions of strings: the RL stages (reward scorers) and `rayalign eval`
-import them, so "correct" means the same thing everywhere.
+`exact_match_reward` is the pure scalar rule: `rayalign eval`, the RL stage's held-out
+accuracy and the tests import it, so "correct" means the same thing everywhere. The
+built-in reward functions wrap it in the signature every reward function has here, the
+one TRL's `GRPOTrainer(reward_funcs=...)` calls:
+
+    f(prompts, completions, completion_ids, **columns) -> list[float | None]
+
+where `columns` are the prompt dataset's other fields (e.g. `ground_truth`), one value
+per completion, and completions are strings, or `[{"role": "assistant", "content": ...}]`
+when the prompts are conversations.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 _TRAILING = ".!"
 
@@ -42,20 +51,36 @@ def exact_match_reward(completion: str, ground_truth: str, partial_credit: float
     return 0.0
 
 
-def batch_exact_match(
-    completions: Sequence[str], ground_truths: Sequence[str], partial_credit: float = 0.0
-) -> list[float]:
-    """`exact_match_reward` over aligned lists (one ground truth per completion)."""
-    if len(completions) != len(ground_truths):
-        raise ValueError(f"{len(completions)} completions but {len(ground_truths)} ground truths")
+def completion_text(completion: str | list[dict]) -> str:
+    """The text of a completion in either of TRL's forms (a string, or chat messages)."""
+    if isinstance(completion, str):
+        return completion
+    return str(completion[-1]["content"]) if completion else ""
+
+
+def exact_match(
+    prompts: Sequence[Any], completions: Sequence[Any], ground_truth: Sequence[Any], **_: Any
+) -> list[float | None]:
+    """1.0 where a completion is exactly its row's `ground_truth`, else 0.0; None (no
+    opinion) for rows without one."""
     return [
-        exact_match_reward(c, g, partial_credit)
-        for c, g in zip(completions, ground_truths, strict=True)
+        None if truth is None else exact_match_reward(completion_text(c), str(truth))
+        for c, truth in zip(completions, ground_truth, strict=True)
     ]
 
 
-RewardFn = Callable[[Sequence[str], Sequence[str]], list[float]]
+def contains_answer(
+    prompts: Sequence[Any], completions: Sequence[Any], ground_truth: Sequence[Any], **_: Any
+) -> list[float | None]:
+    """1.0 for exactly the answer, 0.5 for the answer inside other text (a sentence), else
+    0.0: a denser signal than `exact_match` early in RL."""
+    return [
+        None if truth is None else exact_match_reward(completion_text(c), str(truth), 0.5)
+        for c, truth in zip(completions, ground_truth, strict=True)
+    ]
 
-REWARD_FUNCTIONS: dict[str, RewardFn] = {
-    "exact_match": batch_exact_match,
+
+BUILTIN_REWARDS: dict[str, Callable[..., list[float | None]]] = {
+    "exact_match": exact_match,
+    "contains_answer": contains_answer,
 }

@@ -55,6 +55,27 @@ class RolloutConfig(Strict):
     )
 
 
+class RemoteRewardConfig(Strict):
+    """A reward model served over HTTP: rayalign's `POST /v1/score` or a server speaking it."""
+
+    base_url: str = Field(
+        description="The server's base URL including /v1, e.g. http://10.0.0.5:8000/v1."
+    )
+    model: str = Field(description="The served reward model's name.")
+    weight: float = Field(1.0, description="Weight of its score in the reward sum.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the server's API key (Bearer)."
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(
+        3, ge=0, description="Retries of a timeout, dropped connection, 429 or 5xx."
+    )
+    retry_budget_s: float = Field(
+        120.0, gt=0, description="The most one scoring request may take, retries included."
+    )
+    concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
+
+
 class RewardsConfig(Strict):
     reward_model: str | None = Field(
         None, description="Reward-model checkpoint (the reward_model stage), or none."
@@ -62,7 +83,16 @@ class RewardsConfig(Strict):
     reward_model_weight: float = Field(1.0, description="Weight of the learned reward.")
     functions: dict[str, float] = Field(
         default_factory=lambda: {"exact_match": 1.0},
-        description="Verifiable reward functions and their weights.",
+        description=(
+            "Reward functions and their weights: a built-in name (exact_match, "
+            "contains_answer) or any importable 'package.module:function' with TRL's "
+            "reward_funcs signature f(prompts, completions, completion_ids, **columns) -> "
+            "list[float | None], called by keyword with the prompt dataset's other columns. "
+            "Resolved and checked on the driver before any actor starts."
+        ),
+    )
+    remote: RemoteRewardConfig | None = Field(
+        None, description="A reward model reached over HTTP, added to the sum with its weight."
     )
     num_scorers: int = Field(1, ge=1, description="RewardScorer actors sharing each batch.")
     cpus_per_scorer: float = Field(0.5, gt=0, description="Logical CPUs per RewardScorer.")
@@ -73,6 +103,12 @@ class RewardsConfig(Strict):
         default_factory=dict,
         description="Custom Ray resources per scorer, e.g. {learner: 0.1} to place them by node.",
     )
+
+    @model_validator(mode="after")
+    def _something_scores(self) -> RewardsConfig:
+        if not (self.functions or self.reward_model or self.remote):
+            raise ValueError("rewards: set functions, a reward_model or a remote reward model")
+        return self
 
 
 class ReferenceActorConfig(Strict):

@@ -1,4 +1,5 @@
-"""A real local HTTP server speaking OpenAI's chat-completions API that fails on purpose."""
+"""A real local HTTP server speaking OpenAI's chat-completions API (and rayalign's
+`/v1/score`) that fails on purpose."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FailingServer:
     """An OpenAI-style /v1/chat/completions that plays `script` (one entry per request,
     then `then` for every later one): an HTTP status (200 answers "re: " + the last
-    message), "drop" (close without answering) or "hang" (answer after 3 s)."""
+    message), "drop" (close without answering) or "hang" (answer after 3 s).
+
+    `/v1/score` plays the same script; its 200 scores each completion by its length.
+    `bodies` and `headers` keep every request's JSON body and headers."""
 
     def __init__(self) -> None:
         self.script: list[object] = []
         self.then: object = 200
         self.requests = 0
+        self.bodies: list[dict] = []
+        self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         server = self
 
@@ -30,6 +36,8 @@ class FailingServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server._lock:
                     server.requests += 1
+                    server.bodies.append(body)
+                    server.headers.append(dict(self.headers))
                     step = server.script.pop(0) if server.script else server.then
                 if step == "drop":
                     self.close_connection = True
@@ -38,7 +46,13 @@ class FailingServer:
                 if step == "hang":
                     time.sleep(3)
                     step = 200
-                if step == 200:
+                if step == 200 and self.path.endswith("/score"):
+                    data = [
+                        {"object": "score", "index": i, "score": float(len(c))}
+                        for i, c in enumerate(body["completions"])
+                    ]
+                    self._send(200, {"object": "list", "data": data[::-1]})
+                elif step == 200:
                     text = "re: " + body["messages"][-1]["content"]
                     self._send(200, {"choices": [{"message": {"content": text}}]})
                 else:

@@ -89,7 +89,7 @@ class StandInScorer:
     def __init__(self, recorder) -> None:
         self.recorder = recorder
 
-    def score(self, prompts, completions: list[str], ground_truths) -> ScoredBatch:
+    def score(self, prompts, completions: list[str], completion_ids, columns, conversational):
         ray.get(self.recorder.record.remote("score"))
         rewards = torch.tensor([float(int(c) % 2) for c in completions])
         return ScoredBatch(rewards=rewards, components={"exact_match": rewards.clone()})

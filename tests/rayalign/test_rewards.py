@@ -1,6 +1,6 @@
 import pytest
 
-from rayalign.rewards import REWARD_FUNCTIONS, batch_exact_match, exact_match_reward
+from rayalign.rewards import BUILTIN_REWARDS, exact_match, exact_match_reward
 
 
 @pytest.mark.parametrize(
@@ -29,8 +29,8 @@ def test_partial_credit_only_for_answer_among_other_words():
         exact_match_reward("1", "1", partial_credit=1.0)
 
 
-def test_batch_and_registry():
-    assert REWARD_FUNCTIONS["exact_match"] is batch_exact_match
-    assert batch_exact_match(["1", "2"], ["1", "3"]) == [1.0, 0.0]
-    with pytest.raises(ValueError, match="2 completions but 1"):
-        batch_exact_match(["1", "2"], ["1"])
+def test_builtins_are_registered_and_check_aligned_lists():
+    assert BUILTIN_REWARDS["exact_match"] is exact_match
+    assert exact_match([], ["1", "2"], ground_truth=["1", "3"]) == [1.0, 0.0]
+    with pytest.raises(ValueError):
+        exact_match([], ["1", "2"], ground_truth=["1"])

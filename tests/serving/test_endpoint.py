@@ -98,6 +98,22 @@ def test_reward_route_prefers_chosen_on_heldout_pairs(http, rm_entry, easy_pairs
     assert rate >= 0.8  # 0.87 offline when written
 
 
+def test_rl_remote_reward_reads_the_served_reward_model(endpoint, rm_entry, easy_pairs):
+    """The RL scorers' HTTP client (`rewards.remote`) against this endpoint: the scores
+    are the reward model's own, as scored in-process."""
+    from rayalign.models.remote_reward import RemoteRewardModel
+    from rayalign.models.reward import load_reward_model, score
+
+    rows = read_jsonl(easy_pairs / "preference_test.jsonl")[:6]
+    prompts = [r["prompt"] for r in rows for _ in range(2)]
+    answers = [c[0]["content"] for r in rows for c in (r["chosen"], r["rejected"])]
+    remote = RemoteRewardModel(endpoint.base_url, "rm", api_key=API_KEY)
+    served = remote.score(prompts, answers)
+    model, tokenizer = load_reward_model(rm_entry.path)
+    local = score(model, tokenizer, prompts, [[{"role": "assistant", "content": a}] for a in answers])
+    assert served == pytest.approx(local.tolist(), abs=1e-3)
+
+
 def test_publish_while_another_model_streams(endpoint, client):
     from rayalign.registry import Registry
     from serving.deploy import RegistryWatch

@@ -1,0 +1,78 @@
+"""Users' reward functions in the RL stage: checked before any actor starts, and one
+written here steers what GRPO teaches the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rayalign.config import load_config
+from rayalign.reward_functions import RewardFunctionError
+from rayalign.rl_config import PPOStageConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+SAYS = "tests.custom_rewards:says_the_answer"
+
+
+def _config(policy, data: Path, runs: Path, *extra: str) -> PPOStageConfig:
+    return load_config(
+        PPOStageConfig,
+        ROOT / "configs/tiny/grpo.yaml",
+        [
+            f"model.name_or_path={policy}",
+            f"data.prompts={data / 'prompts_train.jsonl'}",
+            f"data.prompts_eval={data / 'prompts_test.jsonl'}",
+            f"run.storage_path={runs}",
+            *extra,
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("function", "message"),
+    [
+        ("tests.custom_rewards:only_completions", "cannot take the call"),
+        ("tests.custom_rewards:one_short", "returned 1 values for 2 completions"),
+        ("tests.custom_rewards:not_finite", "returned nan"),
+        ("tests.nowhere:f", "cannot import"),
+    ],
+)
+def test_bad_reward_functions_stop_the_run_before_any_actor(
+    monkeypatch, arithmetic_data, tmp_path, function, message
+):
+    import pipelines.ppo
+
+    def no_ray(*_, **__):
+        raise AssertionError("Ray started although a reward function is bad")
+
+    monkeypatch.setattr(pipelines.ppo, "init_ray", no_ray)
+    config = _config("policy", arithmetic_data, tmp_path, f'rewards.functions={{"{function}": 1}}')
+    with pytest.raises(RewardFunctionError, match=f"reward function '{function}'.*{message}"):
+        pipelines.ppo.run_rl(config)
+
+
+@pytest.mark.slow
+def test_grpo_on_a_users_reward_function_moves_heldout_behaviour(
+    ray_local, sft_entry, easy_data, runs_dir
+):
+    from pipelines.ppo import run_rl
+
+    config = _config(
+        sft_entry.path,
+        easy_data,
+        runs_dir,
+        "run.name=grpo-custom-reward",
+        f'rewards.functions={{"{SAYS}": 1.0}}',
+        "rl.steps=10",
+        "rl.eval_steps=10",
+    )
+    run_rl(config)
+    evals = [json.loads(x) for x in (config.run_dir / "eval.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    said = [e[f"heldout_reward/{SAYS}"] for e in evals]
+    print("held-out share of answers in a sentence by eval step:", said)
+    assert [e["step"] for e in evals] == [0, 10]
+    assert all(f"reward/{SAYS}" in r for r in rows)  # logged per step
+    assert said[-1] >= said[0] + 0.25 and said[-1] >= 0.8
