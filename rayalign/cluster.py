@@ -187,8 +187,10 @@ def local_head_node(
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGTERM)
             try:
-                # A throwaway cluster: a short grace, then everything in its session goes.
-                head.wait(timeout=10)
+                # A throwaway cluster: a short grace, then everything in its session goes
+                # (`ray start --block` does not exit on SIGTERM by itself; the raylet and
+                # GCS have ended by then, and runs keep their state in their own storage).
+                head.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 os.killpg(head.pid, signal.SIGKILL)
                 head.wait()

@@ -68,7 +68,13 @@ def test_grpo_async_mode_learns_with_stale_samples(ray_local, sft_entry, easy_da
     from pipelines.ppo import run_rl
 
     config = _rl_config(
-        "grpo", Path(sft_entry.path), easy_data, runs_dir, "run.name=grpo-async", "rl.async=true"
+        "grpo",
+        Path(sft_entry.path),
+        easy_data,
+        runs_dir,
+        "run.name=grpo-async",
+        "rl.async=true",
+        "rl.steps=10",  # staleness shows from step 2; learning is the sync tests' concern
     )
     before = sft_entry.metrics["heldout_accuracy"]  # the same greedy held-out measure
     entry = run_rl(config)
