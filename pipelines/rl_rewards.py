@@ -10,6 +10,9 @@ and not minutes later inside a scorer.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from pipelines.evaluate import PromptRows, read_prompt_rows
 from rayalign.reward_functions import RewardFunction, resolve
 from rayalign.rl_config import PPOStageConfig
@@ -18,7 +21,14 @@ DRY_RUN_ROWS = 2
 
 
 def check_reward_functions(config: PPOStageConfig) -> list[RewardFunction]:
-    """The resolved reward functions; raises RewardFunctionError naming the first bad one."""
+    """The resolved reward functions; raises RewardFunctionError naming the first bad one.
+
+    The working directory goes on the import path first, as `uvicorn module:app` does, so
+    `rayalign train ppo` finds `my_rewards:fn` beside the config; Ray's workers on this
+    node start with the driver's import path.
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     files = [read_prompt_rows(config.data.prompts)]
     if config.data.prompts_eval:
         files.append(read_prompt_rows(config.data.prompts_eval))
