@@ -110,7 +110,9 @@ def test_rl_remote_reward_reads_the_served_reward_model(endpoint, rm_entry, easy
     remote = RemoteRewardModel(endpoint.base_url, "rm", api_key=API_KEY)
     served = remote.score(prompts, answers)
     model, tokenizer = load_reward_model(rm_entry.path)
-    local = score(model, tokenizer, prompts, [[{"role": "assistant", "content": a}] for a in answers])
+    local = score(
+        model, tokenizer, prompts, [[{"role": "assistant", "content": a}] for a in answers]
+    )
     assert served == pytest.approx(local.tolist(), abs=1e-3)
 
 
