@@ -15,7 +15,7 @@ from typing import Protocol
 import httpx
 
 from pipelines.safety_config import ChatModelSpec
-from rayalign.http_retry import RetriesExhausted, RetryPolicy, post_with_retries
+from rayalign.http_retry import RetryPolicy, post_for_json
 
 
 class ChatModel(Protocol):
@@ -55,22 +55,13 @@ class EndpointChat:
             "temperature": self.spec.temperature,
             "max_tokens": self.spec.max_tokens,
         }
+        reply = post_for_json(
+            self._http, "/chat/completions", body, self._retry, self.label, EndpointError
+        )
         try:
-            reply = post_with_retries(self._http, "/chat/completions", body, self._retry)
-        except RetriesExhausted as err:
-            raise EndpointError(f"{self.label}: {err}") from None
-        except httpx.HTTPError as err:
-            raise EndpointError(f"{self.label}: request failed ({err})") from None
-        if reply.status_code != 200:
-            raise EndpointError(
-                f"{self.label}: HTTP {reply.status_code} from /chat/completions: {reply.text[:500]}"
-            )
-        try:
-            return reply.json()["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise EndpointError(
-                f"{self.label}: not a chat completion: {reply.text[:500]}"
-            ) from None
+            return reply["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise EndpointError(f"{self.label}: not a chat completion: {reply!r:.500}") from None
 
     def complete(self, conversations: list[list[dict]]) -> list[str]:
         with ThreadPoolExecutor(self.spec.concurrency) as pool:

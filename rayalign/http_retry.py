@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -73,3 +74,28 @@ def post_with_retries(
                 f"(retries {policy.max_retries}, budget {policy.budget_s:g} s); last: {failure}"
             )
         time.sleep(wait)
+
+
+def post_for_json(
+    client: httpx.Client,
+    path: str,
+    json: dict,
+    policy: RetryPolicy,
+    label: str,
+    error: type[Exception],
+) -> Any:
+    """`post_with_retries`, then the 200 reply's JSON body. Every failure (retries spent,
+    a transport error, another status, a body that is not JSON) raises `error` with a
+    message that starts with `label`, the server the caller is talking to."""
+    try:
+        reply = post_with_retries(client, path, json, policy)
+    except RetriesExhausted as err:
+        raise error(f"{label}: {err}") from None
+    except httpx.HTTPError as err:
+        raise error(f"{label}: request failed ({err})") from None
+    if reply.status_code != 200:
+        raise error(f"{label}: HTTP {reply.status_code} from {path}: {reply.text[:500]}")
+    try:
+        return reply.json()
+    except ValueError:
+        raise error(f"{label}: not JSON from {path}: {reply.text[:500]}") from None

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from rayalign.http_retry import RetriesExhausted, RetryPolicy, post_with_retries
+from rayalign.http_retry import RetryPolicy, post_for_json
 
 MAX_COMPLETIONS = 256  # per request, as /v1/score takes them
 
@@ -78,23 +78,14 @@ class RemoteRewardModel:
 
     def _one(self, messages: list[dict], completions: list[str]) -> list[float]:
         body = {"model": self.model, "messages": messages, "completions": completions}
+        reply = post_for_json(
+            self._http, "/score", body, self._retry, self.label, RemoteRewardError
+        )
         try:
-            reply = post_with_retries(self._http, "/score", body, self._retry)
-        except RetriesExhausted as err:
-            raise RemoteRewardError(f"{self.label}: {err}") from None
-        except httpx.HTTPError as err:
-            raise RemoteRewardError(f"{self.label}: request failed ({err})") from None
-        if reply.status_code != 200:
-            raise RemoteRewardError(
-                f"{self.label}: HTTP {reply.status_code} from /score: {reply.text[:500]}"
-            )
-        try:
-            data = sorted(reply.json()["data"], key=lambda d: d["index"])
+            data = sorted(reply["data"], key=lambda d: d["index"])
             values = [float(d["score"]) for d in data]
         except (ValueError, KeyError, TypeError):
-            raise RemoteRewardError(
-                f"{self.label}: not a list of scores: {reply.text[:500]}"
-            ) from None
+            raise RemoteRewardError(f"{self.label}: not a list of scores: {reply!r:.500}") from None
         if len(values) != len(completions):
             raise RemoteRewardError(
                 f"{self.label}: {len(values)} scores for {len(completions)} completions"
