@@ -12,6 +12,8 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from rayalign.config import DatasetSource
+
 
 def _models() -> list[tuple[str, str, type[BaseModel]]]:
     from pipelines.pipeline_config import PipelineConfig
@@ -64,6 +66,11 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         nested = _section_model(field.annotation)
+        if nested is DatasetSource:  # one shared shape, described once below
+            optional = " or None" if type(None) in get_args(field.annotation) else ""
+            kind = f"str or [dataset source](#dataset-sources){optional}"
+            rows.append(f"| `{key}` | {kind} | {_default(field)} | {field.description or ''} |")
+            continue
         if nested is not None and "StageSpec" not in nested.__name__:
             rows.append(f"| `{key}` | section | {_default(field)} | {field.description or ''} |")
             rows.extend(_rows(nested, f"{key}."))
@@ -88,4 +95,14 @@ def render() -> str:
         out += ["| key | type | default | description |", "| --- | --- | --- | --- |"]
         out += _rows(model)
         out.append("")
+    out += [
+        "## Dataset sources",
+        "",
+        "A data field takes a path or hub name, or this mapping (`rayalign.data.sources`):",
+        "",
+        "| key | type | default | description |",
+        "| --- | --- | --- | --- |",
+        *_rows(DatasetSource),
+        "",
+    ]
     return "\n".join(out)

@@ -13,8 +13,8 @@ from pydantic import Field
 from pipelines.measure import measure_chat
 from pipelines.training import Stage, load_policy, trainer_datasets
 from pipelines.training_config import StageConfig
-from rayalign.config import Strict
-from rayalign.data.datasets import load_rows, validate_rows
+from rayalign.config import EVAL_SPLIT, Strict
+from rayalign.data.datasets import load_validated
 
 
 class DPOOptions(Strict):
@@ -45,8 +45,10 @@ class DPOStageConfig(StageConfig):
 
 
 def validate_data(config: DPOStageConfig) -> None:
-    for source in filter(None, [config.data.train, config.data.eval, config.data.preference_eval]):
-        validate_rows(load_rows(source), "preference", source)
+    for source, split in config.data.splits():
+        load_validated(source, "preference", split)
+    if config.data.preference_eval:
+        load_validated(config.data.preference_eval, "preference", EVAL_SPLIT)
 
 
 def build_trainer(config: DPOStageConfig, args: dict[str, Any]):
@@ -75,7 +77,7 @@ def build_trainer(config: DPOStageConfig, args: dict[str, Any]):
         ref_model=ref,
         args=dpo_args,
         processing_class=tokenizer,
-        **trainer_datasets(config),
+        **trainer_datasets(config, "preference"),
     )
 
 

@@ -12,7 +12,10 @@ from typing import Any
 
 import torch
 
-from rayalign.data.io import DataError, read_jsonl
+from rayalign.config import EVAL_SPLIT, TRAIN_SPLIT, Source
+from rayalign.data.datasets import check_messages
+from rayalign.data.io import DataError
+from rayalign.data.sources import describe, open_rows
 from rayalign.models.loading import load_causal_lm, load_tokenizer
 from rayalign.rewards import exact_match_reward
 
@@ -48,18 +51,31 @@ class PromptRows:
     conversational: bool
 
 
-def read_prompt_rows(path: str | Path, require_truth: bool = False) -> PromptRows:
-    """The prompt rows of a `prompts` split (a string prompt becomes one user message)."""
+def read_prompt_rows(
+    source: Source,
+    require_truth: bool = False,
+    split: str = TRAIN_SPLIT,
+    limit: int | None = None,
+) -> PromptRows:
+    """The prompt rows of a prompts dataset: a `prompt` column (a string becomes one user
+    message) and an optional `ground_truth` (any dataset, `rayalign.data.sources`);
+    `split` is the default split, `limit` keeps the first rows only."""
     rows = PromptRows([], [], [], conversational=True)
-    for i, row in enumerate(read_jsonl(path), start=1):
-        prompt, truth = row.get("prompt"), row.get("ground_truth")
+    path = describe(source, split)
+    data = open_rows(source, split)
+    for i, row in enumerate(data, start=1):
+        if limit is not None and i > limit:
+            break
+        if "prompt" not in row:
+            raise DataError(
+                f"{path}, row {i}: missing field 'prompt' (columns: {sorted(row)}); name the "
+                "prompt column in the source's `columns`, e.g. {question: prompt}"
+            )
+        prompt, truth = row["prompt"], row.get("ground_truth")
+        check_messages(prompt, f"{path}, row {i}, field 'prompt'")
         if isinstance(prompt, str):
             rows.conversational = False
             prompt = [{"role": "user", "content": prompt}]
-        if not isinstance(prompt, list) or not prompt:
-            raise DataError(
-                f"{path}, row {i}, field 'prompt': expected a string or a list of messages"
-            )
         if (truth is not None or require_truth) and (
             not isinstance(truth, str | int | float) or isinstance(truth, bool)
         ):
@@ -72,10 +88,10 @@ def read_prompt_rows(path: str | Path, require_truth: bool = False) -> PromptRow
     return rows
 
 
-def read_prompts(path: str | Path) -> tuple[list[list[dict]], list[str]]:
-    """Prompts (as chat messages) and ground truths from a `prompts` split; every row
-    needs a ground truth."""
-    rows = read_prompt_rows(path, require_truth=True)
+def read_prompts(source: Source, split: str = EVAL_SPLIT) -> tuple[list[list[dict]], list[str]]:
+    """Prompts (as chat messages) and ground truths from a held-out prompts dataset; every
+    row needs a ground truth."""
+    rows = read_prompt_rows(source, require_truth=True, split=split)
     return rows.conversations, [str(t) for t in rows.truths]
 
 
@@ -116,7 +132,7 @@ def generate_vllm(
 
 def evaluate(
     model_path: str,
-    data_path: str,
+    data_path: Source,
     *,
     engine: str = "hf",
     max_new_tokens: int = 16,
@@ -143,7 +159,7 @@ def evaluate(
     ]
     return EvalResult(
         model=str(model_path),
-        data=str(data_path),
+        data=describe(data_path, EVAL_SPLIT),
         engine=engine,
         n=len(truths),
         correct=correct,

@@ -13,8 +13,8 @@ from pydantic import Field
 from pipelines.measure import measure_chat
 from pipelines.training import Stage, load_policy, trainer_datasets
 from pipelines.training_config import StageConfig
-from rayalign.config import Strict
-from rayalign.data.datasets import load_rows, validate_rows
+from rayalign.config import EVAL_SPLIT, Strict
+from rayalign.data.datasets import load_validated
 
 
 class KTOOptions(Strict):
@@ -34,12 +34,10 @@ class KTOStageConfig(StageConfig):
 
 
 def validate_data(config: KTOStageConfig) -> None:
-    for source in filter(None, [config.data.train, config.data.eval]):
-        validate_rows(load_rows(source), "unpaired", source)
+    for source, split in config.data.splits():
+        load_validated(source, "unpaired", split)
     if config.data.preference_eval:
-        validate_rows(
-            load_rows(config.data.preference_eval), "preference", config.data.preference_eval
-        )
+        load_validated(config.data.preference_eval, "preference", EVAL_SPLIT)
 
 
 def build_trainer(config: KTOStageConfig, args: dict[str, Any]):
@@ -54,7 +52,10 @@ def build_trainer(config: KTOStageConfig, args: dict[str, Any]):
         max_length=config.data.max_length,
     )
     return KTOTrainer(
-        model=model, args=kto_args, processing_class=tokenizer, **trainer_datasets(config)
+        model=model,
+        args=kto_args,
+        processing_class=tokenizer,
+        **trainer_datasets(config, "unpaired"),
     )
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from rayalign.config import DataConfig
+from rayalign.config import EVAL_SPLIT, DataConfig, Source
 
 
-def preference_margin(checkpoint: str, preference_path: str) -> dict[str, float]:
+def preference_margin(checkpoint: str, preference_data: Source) -> dict[str, float]:
     """Mean held-out log-prob margin log p(chosen) - log p(rejected), and how often it is > 0."""
-    from rayalign.data.io import read_jsonl
+    from rayalign.data.datasets import load_preference_rows
     from rayalign.models.loading import load_causal_lm, load_tokenizer
     from rayalign.models.logprobs import completion_logprobs
 
-    rows = read_jsonl(preference_path)
+    rows = load_preference_rows(preference_data, EVAL_SPLIT)
     model, tok = load_causal_lm(checkpoint), load_tokenizer(checkpoint)
     prompts = [r["prompt"] for r in rows]
     chosen = completion_logprobs(model, tok, prompts, [r["chosen"] for r in rows])
@@ -25,15 +25,17 @@ def preference_margin(checkpoint: str, preference_path: str) -> dict[str, float]
     }
 
 
-def text_loss(checkpoint: str, path: str, text_field: str = "text", max_length: int = 512) -> float:
+def text_loss(
+    checkpoint: str, data: Source, text_field: str = "text", max_length: int = 512
+) -> float:
     """Mean per-token negative log-likelihood of the raw text rows in `path` (held-out loss
     of continued pretraining), each row truncated to `max_length` tokens."""
     import torch
 
-    from rayalign.data.io import read_jsonl
+    from rayalign.data.datasets import load_rows
     from rayalign.models.loading import load_causal_lm, load_tokenizer
 
-    texts = [r[text_field] for r in read_jsonl(path)]
+    texts = [r[text_field] for r in load_rows(data, EVAL_SPLIT)]
     model, tok = load_causal_lm(checkpoint), load_tokenizer(checkpoint)
     tok.padding_side = "right"  # positions count from each row's first token
     total, tokens = 0.0, 0

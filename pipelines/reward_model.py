@@ -14,8 +14,8 @@ from pydantic import Field
 
 from pipelines.training import Stage, trainer_datasets
 from pipelines.training_config import StageConfig
-from rayalign.config import Strict
-from rayalign.data.datasets import load_rows, validate_rows
+from rayalign.config import EVAL_SPLIT, Source, Strict
+from rayalign.data.datasets import load_preference_rows, load_validated
 from rayalign.models.reward import load_reward_model, score
 
 
@@ -32,8 +32,8 @@ class RewardModelStageConfig(StageConfig):
 
 
 def validate_data(config: RewardModelStageConfig) -> None:
-    for source in filter(None, [config.data.train, config.data.eval]):
-        validate_rows(load_rows(source), "preference", source)
+    for source, split in config.data.splits():
+        load_validated(source, "preference", split)
 
 
 def build_trainer(config: RewardModelStageConfig, args: dict[str, Any]):
@@ -48,14 +48,17 @@ def build_trainer(config: RewardModelStageConfig, args: dict[str, Any]):
         center_rewards_coefficient=config.reward.center_rewards_coefficient,
     )
     return RewardTrainer(
-        model=model, args=reward_args, processing_class=tokenizer, **trainer_datasets(config)
+        model=model,
+        args=reward_args,
+        processing_class=tokenizer,
+        **trainer_datasets(config, "preference"),
     )
 
 
-def pairwise_accuracy(checkpoint: str, preference_path: str) -> dict[str, float]:
+def pairwise_accuracy(checkpoint: str, preference_data: Source) -> dict[str, float]:
     """Fraction of held-out pairs where r(chosen) > r(rejected), and the mean reward margin."""
     model, tokenizer = load_reward_model(checkpoint)
-    rows = load_rows(preference_path)
+    rows = load_preference_rows(preference_data, EVAL_SPLIT)
     prompts = [r["prompt"] for r in rows]
     chosen = score(model, tokenizer, prompts, [r["chosen"] for r in rows])
     rejected = score(model, tokenizer, prompts, [r["rejected"] for r in rows])

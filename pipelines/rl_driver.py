@@ -33,6 +33,7 @@ from pipelines.rl_autoscale import wanted_pool_size
 from pipelines.rl_checkpoint import RunState, register_final, save_checkpoint
 from pipelines.rl_metrics import MetricsLog
 from rayalign import rl_math
+from rayalign.config import EVAL_SPLIT
 from rayalign.registry import RegistryEntry
 from rayalign.rewards import exact_match_reward
 from rayalign.rl_config import PPOStageConfig
@@ -262,7 +263,7 @@ class RLDriver:
         """
         if not self.config.data.prompts_eval:
             return {}
-        data = read_prompt_rows(self.config.data.prompts_eval)
+        data = read_prompt_rows(self.config.data.prompts_eval, split=EVAL_SPLIT)
         requests = [_request(data, i, i) for i in range(len(data.conversations))]
         out: dict[str, float] = {}
         graded = [r for r in requests if r.ground_truth is not None]

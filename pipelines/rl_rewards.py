@@ -14,6 +14,7 @@ import os
 import sys
 
 from pipelines.evaluate import PromptRows, read_prompt_rows
+from rayalign.config import EVAL_SPLIT
 from rayalign.reward_functions import RewardFunction, resolve
 from rayalign.rl_config import PPOStageConfig
 
@@ -31,7 +32,7 @@ def check_reward_functions(config: PPOStageConfig) -> list[RewardFunction]:
         sys.path.insert(0, os.getcwd())
     files = [read_prompt_rows(config.data.prompts)]
     if config.data.prompts_eval:
-        files.append(read_prompt_rows(config.data.prompts_eval))
+        files.append(read_prompt_rows(config.data.prompts_eval, split=EVAL_SPLIT))
     functions = [resolve(name) for name in config.rewards.functions]
     for fn in functions:
         for rows in files:

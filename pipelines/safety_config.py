@@ -7,15 +7,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rayalign.config import ModelConfig, RunConfig, Strict
+from rayalign.config import ModelConfig, RunConfig, Source, Strict
 from rayalign.rl_config import RolloutConfig
 
 
 class PromptData(Strict):
-    prompts: str = Field(
-        description="Prompts to answer (a prompts split: {prompt, ground_truth?} rows)."
+    prompts: Source = Field(
+        description="Prompts to answer: {prompt, ground_truth?} rows from any dataset source."
     )
-    prompts_eval: str | None = Field(
+    prompts_eval: Source | None = Field(
         None,
         description="Held-out prompts: violation rate per checkable principle, before and after.",
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipelines.constitution import Constitution, load_constitution
+from pipelines.evaluate import read_prompt_rows
 from pipelines.principle_checks import get_check, violation_rate
 from pipelines.safety_config import (
     ChatModelSpec,
@@ -25,9 +26,10 @@ from pipelines.safety_config import (
 )
 from pipelines.safety_journal import check_settings, data_dir, kept_progress
 from rayalign.cluster import init_ray
-from rayalign.config import load_config, resolve_local
-from rayalign.data.datasets import load_rows, validate_rows
+from rayalign.config import EVAL_SPLIT, TRAIN_SPLIT, Source, load_config, resolve_local
+from rayalign.data.datasets import validate_rows
 from rayalign.data.io import write_atomic, write_jsonl
+from rayalign.data.sources import as_json, resolve_source
 from rayalign.registry import DatasetEntry, Registry, RegistryEntry
 
 logger = logging.getLogger(__name__)
@@ -52,8 +54,8 @@ def absolute_paths(config: S) -> S:
         ),
         "data": config.data.model_copy(
             update={
-                "prompts": resolve_local(config.data.prompts),
-                "prompts_eval": resolve_local(config.data.prompts_eval),
+                "prompts": resolve_source(config.data.prompts),
+                "prompts_eval": resolve_source(config.data.prompts_eval),
             }
         ),
         "constitution": resolve_local(config.constitution),
@@ -69,14 +71,11 @@ def absolute_paths(config: S) -> S:
     return config.model_copy(update=update)
 
 
-def read_prompt_conversations(path: str, limit: int | None = None) -> list[list[dict]]:
+def read_prompt_conversations(
+    source: Source, split: str = TRAIN_SPLIT, limit: int | None = None
+) -> list[list[dict]]:
     """The `prompt` of each row as chat messages (a string becomes one user message)."""
-    rows = load_rows(path)[:limit] if limit else load_rows(path)
-    validate_rows(rows, "prompt_only", path)
-    return [
-        [{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"]
-        for r in rows
-    ]
+    return read_prompt_rows(source, split=split, limit=limit).conversations
 
 
 def write_split(config: SafetyStageConfig, split: str, rows: list[dict]) -> Path:
@@ -92,7 +91,7 @@ def common_settings(config: SafetyStageConfig, prompts: list[list[dict]]) -> dic
     """What the policy's answers depend on (`check_settings`)."""
     return {
         "model": config.model.name_or_path,
-        "prompts": config.data.prompts,
+        "prompts": as_json(config.data.prompts),
         "prompt_count": len(prompts),
         "seed": config.run.seed,
         "sampling": config.sampling.model_dump(),
@@ -164,12 +163,12 @@ def provenance(config: SafetyStageConfig, constitution: Constitution, **extra: A
 
 
 def measure_violations(
-    checkpoint: str, constitution: Constitution, prompts_path: str, max_new_tokens: int
+    checkpoint: str, constitution: Constitution, prompts: Source, max_new_tokens: int
 ) -> dict[str, float]:
     """Held-out violation rate of each checkable principle under greedy decoding."""
     from pipelines.evaluate import generate_hf
 
-    prompts = read_prompt_conversations(prompts_path)
+    prompts = read_prompt_conversations(prompts, EVAL_SPLIT)
     answers = generate_hf(checkpoint, prompts, max_new_tokens)
     texts = [p[-1]["content"] for p in prompts]
     return {
@@ -194,7 +193,7 @@ def policy_violations(config: SafetyStageConfig, constitution: Constitution) -> 
     """The policy's held-out violation rates, kept in `<run>/data/policy_violations.json`
     (a rerun does not measure them again)."""
     path = data_dir(config) / "policy_violations.json"
-    measured_on = [config.data.prompts_eval, config.eval_max_new_tokens]
+    measured_on = [as_json(config.data.prompts_eval), config.eval_max_new_tokens]
     if path.exists():
         kept = json.loads(path.read_text())
         if kept["measured_on"] == measured_on:
@@ -314,7 +313,7 @@ def run_safety_stage(
     """
     # Bad input (constitution, prompts, ...) fails here, before anything is written.
     constitution = load_constitution(config.constitution)
-    prompts = read_prompt_conversations(config.data.prompts, config.data.max_prompts)
+    prompts = read_prompt_conversations(config.data.prompts, limit=config.data.max_prompts)
     if validate:
         validate(constitution)
     config.run_dir.mkdir(parents=True, exist_ok=True)

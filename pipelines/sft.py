@@ -14,8 +14,9 @@ from pydantic import Field
 from pipelines.measure import measure_chat, text_loss
 from pipelines.training import Stage, load_policy, trainer_datasets
 from pipelines.training_config import StageConfig
-from rayalign.config import Strict
+from rayalign.config import EVAL_SPLIT, Strict
 from rayalign.data.datasets import detect_sft_format, load_rows, validate_rows
+from rayalign.data.sources import describe
 
 
 class SFTOptions(Strict):
@@ -36,13 +37,13 @@ class SFTStageConfig(StageConfig):
 
 
 def validate_data(config: SFTStageConfig) -> None:
-    for source in filter(None, [config.data.train, config.data.eval]):
-        rows = load_rows(source)
+    for source, split in config.data.splits():
+        rows, where = load_rows(source, split), describe(source, split)
         try:
             fmt = detect_sft_format(rows[0], config.sft.text_field)
         except ValueError as err:
-            raise type(err)(f"{source}, row 1: {err}") from None
-        validate_rows(rows, fmt, source, config.sft.text_field)
+            raise type(err)(f"{where}, row 1: {err}") from None
+        validate_rows(rows, fmt, where, config.sft.text_field)
 
 
 def build_trainer(config: SFTStageConfig, args: dict[str, Any]):
@@ -66,7 +67,7 @@ def measure(config: SFTStageConfig, checkpoint: str) -> dict[str, float]:
     """The chat measures, plus the held-out loss when the eval split is raw text."""
     metrics = measure_chat(config.data, checkpoint)
     if config.data.eval:
-        first = load_rows(config.data.eval)[0]
+        first = load_rows(config.data.eval, EVAL_SPLIT)[0]
         if detect_sft_format(first, config.sft.text_field) == "text":
             metrics["heldout_text_loss"] = text_loss(
                 checkpoint, config.data.eval, config.sft.text_field, config.data.max_length

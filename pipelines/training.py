@@ -36,8 +36,11 @@ from pipelines.train_callbacks import (
 from pipelines.training_config import StageConfig
 from rayalign.cluster import init_ray
 from rayalign.config import (
+    EVAL_SPLIT,
+    TRAIN_SPLIT,
     resolve_local,
 )
+from rayalign.data.sources import resolve_source
 from rayalign.logs import configure as configure_logging
 from rayalign.models.loading import load_causal_lm, load_tokenizer
 from rayalign.registry import Registry, RegistryEntry
@@ -106,16 +109,30 @@ def load_policy(config: StageConfig):
     return model.train(), tokenizer
 
 
-def trainer_datasets(config: StageConfig) -> dict[str, Any]:
-    """`train_dataset` / `eval_dataset` keyword arguments for a TRL trainer."""
-    from datasets import Dataset
+# The columns a TRL trainer reads for each fixed-format stage; others are dropped (a hub
+# dataset's ids and scores would otherwise reach the collator).
+TRAINER_COLUMNS = {
+    "preference": ["prompt", "chosen", "rejected"],
+    "unpaired": ["prompt", "completion", "label"],
+}
 
-    from rayalign.data.datasets import load_rows
 
-    evaluation = Dataset.from_list(load_rows(config.data.eval)) if config.data.eval else None
+def trainer_datasets(config: StageConfig, fmt: str | None = None) -> dict[str, Any]:
+    """`train_dataset` / `eval_dataset` keyword arguments for a TRL trainer: the sources'
+    splits as `datasets.Dataset`s, preference rows with explicit prompts."""
+    from rayalign.data.datasets import extract_prompt, load_rows
+    from rayalign.data.sources import to_dataset
+
+    def prepared(source, split):
+        dataset = to_dataset(load_rows(source, split))
+        if fmt == "preference":
+            dataset = dataset.map(extract_prompt, desc="prompts from chosen/rejected")
+        return dataset.select_columns(TRAINER_COLUMNS[fmt]) if fmt in TRAINER_COLUMNS else dataset
+
+    evaluation = config.data.eval
     return {
-        "train_dataset": Dataset.from_list(load_rows(config.data.train)),
-        "eval_dataset": evaluation,
+        "train_dataset": prepared(config.data.train, TRAIN_SPLIT),
+        "eval_dataset": prepared(evaluation, EVAL_SPLIT) if evaluation else None,
     }
 
 
@@ -190,7 +207,7 @@ def absolute_local_paths(config: StageConfig) -> StageConfig:
     update: dict[str, Any] = {
         "model": config.model.model_copy(update={"name_or_path": fix(config.model.name_or_path)}),
         "data": config.data.model_copy(
-            update={k: fix(getattr(config.data, k)) for k in data_fields}
+            update={k: resolve_source(getattr(config.data, k)) for k in data_fields}
         ),
     }
     dpo = getattr(config, "dpo", None)

@@ -38,20 +38,58 @@ class ModelConfig(Strict):
     )
 
 
+class DatasetSource(Strict):
+    """A dataset to read: `path` alone is the same as a plain string."""
+
+    path: str = Field(
+        description=(
+            "HF hub dataset name, or a local .jsonl/.json/.parquet/.csv/.arrow file, a "
+            "directory in the hub's layout, or a `save_to_disk` directory."
+        )
+    )
+    subset: str | None = Field(
+        None, description="Dataset configuration (the hub's subset), e.g. 'main' for gsm8k."
+    )
+    split: str | None = Field(
+        None, description="Split to read; default 'train' for training data, 'test' for held-out."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Renames from the dataset's column to the field rayalign reads, "
+        "e.g. {question: prompt, answer: ground_truth}.",
+    )
+    revision: str | None = Field(None, description="Git revision of a hub dataset.")
+
+
+Source = str | DatasetSource
+TRAIN_SPLIT = "train"  # the split read when a training source names none
+EVAL_SPLIT = "test"  # and a held-out one
+
+
 class DataConfig(Strict):
-    train: str = Field(description="Training data: a .jsonl/.parquet file or an HF dataset name.")
-    eval: str | None = Field(None, description="Held-out data of the same format, or none.")
-    prompts_eval: str | None = Field(
+    train: Source = Field(
+        description="Training data: a file, a directory or an HF dataset name (split 'train'), "
+        "or a mapping {path, subset, split, columns}."
+    )
+    eval: Source | None = Field(
+        None,
+        description="Held-out data of the same format (split 'test' of a dataset), or none.",
+    )
+    prompts_eval: Source | None = Field(
         None,
         description="Held-out prompts with ground truth (prompts_test.jsonl) for exact-match accuracy.",
     )
-    preference_eval: str | None = Field(
+    preference_eval: Source | None = Field(
         None,
         description="Held-out preference pairs (preference_test.jsonl) for the log-prob margin.",
     )
     max_length: int = Field(
         256, ge=8, description="Longest tokenized sequence; longer rows are truncated."
     )
+
+    def splits(self) -> list[tuple[Source, str]]:
+        """The training source and the held-out one (if any), each with its default split."""
+        return [(self.train, TRAIN_SPLIT)] + ([(self.eval, EVAL_SPLIT)] if self.eval else [])
 
 
 class RunConfig(Strict):
@@ -105,6 +143,8 @@ def _set_path(data: dict[str, Any], parts: list[str], value: Any, origin: str) -
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
+        if isinstance(child, str):  # a dataset source's shorthand: data.train.split=... works
+            child = node[part] = {"path": child}
         if not isinstance(child, dict):
             raise ConfigError(f"{origin}: '{part}' is not a section")
         node = child

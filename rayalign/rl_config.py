@@ -7,12 +7,17 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rayalign.config import ModelConfig, RunConfig, Strict
+from rayalign.config import ModelConfig, RunConfig, Source, Strict
 
 
 class RLData(Strict):
-    prompts: str = Field(description="Training prompts with ground truth (prompts_train.jsonl).")
-    prompts_eval: str | None = Field(None, description="Held-out prompts for exact-match accuracy.")
+    prompts: Source = Field(
+        description="Training prompts: a `prompt` column and an optional `ground_truth` "
+        "(prompts_train.jsonl, or any dataset source with a column mapping)."
+    )
+    prompts_eval: Source | None = Field(
+        None, description="Held-out prompts (split 'test' of a dataset) for exact-match accuracy."
+    )
 
 
 class AutoscaleConfig(Strict):

@@ -1,4 +1,4 @@
-"""Load and validate stage data: local JSONL/Parquet files or HF dataset names.
+"""Load and validate stage data from any `rayalign.data.sources` source.
 
 Validation runs on the driver before any worker starts, so bad data stops a run
 before training (and before any checkpoint could be overwritten). Every error
@@ -7,10 +7,12 @@ names the file, the row (1-based) and the field.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Literal
 
-from rayalign.data.io import DataError, read_jsonl
+from rayalign.config import Source
+from rayalign.data.io import DataError
+from rayalign.data.sources import TRAIN_SPLIT, describe, open_rows
 
 Format = Literal[
     "language_modeling", "prompt_completion", "preference", "unpaired", "prompt_only", "text"
@@ -26,30 +28,55 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
-def load_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
-    """Rows of a .jsonl/.json-lines or .parquet file, or of split `split` of an HF dataset."""
-    path = Path(source)
-    if path.suffix in {".jsonl", ".json"}:
-        return read_jsonl(path)
-    if path.suffix == ".parquet":
-        if not path.is_file():
-            raise DataError(f"{path}: file does not exist")
-        import pyarrow.parquet as pq
+def load_rows(source: Source, split: str = TRAIN_SPLIT):
+    """The rows of `source` (see `rayalign.data.sources`): a list for a JSON-lines file,
+    a memory-mapped `datasets.Dataset` otherwise; `split` is the default split."""
+    return open_rows(source, split)
 
-        rows = pq.read_table(path).to_pylist()
-        if not rows:
-            raise DataError(f"{path}: no rows")
-        return rows
-    if path.exists():
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .parquet")
-    from datasets import load_dataset
 
-    try:
-        return load_dataset(source, split=split).to_list()
-    except Exception as err:  # the hub client raises many types; the user needs the name
+def _conversational(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+
+
+def extract_prompt(row: dict[str, Any], where: str = "row") -> dict[str, Any]:
+    """A preference row with an explicit prompt, as TRL's `maybe_extract_prompt` makes it.
+
+    Rows whose `prompt` has the form of their answers (both messages, or both strings)
+    are returned as they are. Otherwise (no prompt, as in `trl-lib/ultrafeedback_binarized`,
+    or a string prompt beside whole conversations, as in `HuggingFaceH4/...`) the longest
+    common prefix of `chosen` and `rejected` becomes the prompt and the rest the answers.
+    Other columns are kept.
+    """
+    if "chosen" not in row or "rejected" not in row:
+        return row
+    chosen, rejected = row["chosen"], row["rejected"]
+    if "prompt" in row and _conversational(row["prompt"]) == _conversational(chosen):
+        return row
+    if not isinstance(chosen, list | str) or type(chosen) is not type(rejected):
+        return row  # validation names the field
+    idx = 0
+    while idx < min(len(chosen), len(rejected)) and chosen[idx] == rejected[idx]:
+        idx += 1
+    if idx == min(len(chosen), len(rejected)):
         raise DataError(
-            f"{source}: not a local file and not a loadable HF dataset ({err})"
-        ) from None
+            f"{where}: no prompt field, and 'chosen' and 'rejected' do not differ after their "
+            "common prefix, so no prompt can be taken from them"
+        )
+    if idx and isinstance(chosen, str) and chosen[idx - 1] == " ":
+        idx -= 1  # the answers keep their leading space, as in TRL
+    return {**row, "prompt": chosen[:idx], "chosen": chosen[idx:], "rejected": rejected[idx:]}
+
+
+def load_preference_rows(source: Source, split: str = TRAIN_SPLIT) -> list[dict[str, Any]]:
+    """Preference rows of `source` with explicit prompts (`extract_prompt`), validated;
+    for held-out sets that the driver scores."""
+    where = describe(source, split)
+    rows = [
+        extract_prompt(row, f"{where}, row {n}")
+        for n, row in enumerate(load_rows(source, split), start=1)
+    ]
+    validate_rows(rows, "preference", where)
+    return rows
 
 
 def _check_text(value: Any, where: str) -> None:
@@ -59,7 +86,7 @@ def _check_text(value: Any, where: str) -> None:
         raise DataError(f"{where}: empty text")
 
 
-def _check_messages(value: Any, where: str, *, last_role: str | None = None) -> None:
+def check_messages(value: Any, where: str, *, last_role: str | None = None) -> None:
     if isinstance(value, str):
         _check_text(value, where)
         return
@@ -78,15 +105,18 @@ def _check_messages(value: Any, where: str, *, last_role: str | None = None) -> 
 
 
 def validate_rows(
-    rows: list[dict[str, Any]], fmt: Format, source: str, text_field: str = "text"
+    rows: Iterable[dict[str, Any]], fmt: Format, source: str, text_field: str = "text"
 ) -> None:
-    """Check every row of `rows` has the fields of `fmt` with the right types.
+    """Check every row of `rows` has the fields of `fmt` with the right types; preference
+    rows are checked as `extract_prompt` makes them.
 
     Raises:
         DataError: naming `source`, the row and the field of the first problem.
     """
     for n, row in enumerate(rows, start=1):
         at = f"{source}, row {n}"
+        if fmt == "preference":
+            row = extract_prompt(row, at)
         if fmt == "text":
             if text_field not in row:
                 raise DataError(f"{at}: missing field {text_field!r}")
@@ -98,14 +128,14 @@ def validate_rows(
                     f"{at}: missing field {name!r} (format {fmt!r} needs {', '.join(REQUIRED[fmt])})"
                 )
         if fmt == "language_modeling":
-            _check_messages(row["messages"], f"{at}, field 'messages'", last_role="assistant")
+            check_messages(row["messages"], f"{at}, field 'messages'", last_role="assistant")
             continue
-        _check_messages(row["prompt"], f"{at}, field 'prompt'")
+        check_messages(row["prompt"], f"{at}, field 'prompt'")
         answers = {"preference": ("chosen", "rejected"), "prompt_only": ()}.get(
             fmt, ("completion",)
         )
         for name in answers:
-            _check_messages(row[name], f"{at}, field {name!r}")
+            check_messages(row[name], f"{at}, field {name!r}")
         if fmt == "unpaired" and not isinstance(row["label"], bool):
             raise DataError(f"{at}, field 'label': expected true or false, got {row['label']!r}")
 
@@ -124,10 +154,8 @@ def detect_sft_format(row: dict[str, Any], text_field: str) -> Format:
     )
 
 
-def load_validated(
-    source: str, fmt: Format, split: str = "train", text_field: str = "text"
-) -> list[dict]:
-    """`load_rows` then `validate_rows`."""
+def load_validated(source: Source, fmt: Format, split: str = TRAIN_SPLIT, text_field: str = "text"):
+    """`load_rows` then `validate_rows`; the error names the source and its split."""
     rows = load_rows(source, split)
-    validate_rows(rows, fmt, source, text_field)
+    validate_rows(rows, fmt, describe(source, split), text_field)
     return rows

@@ -53,16 +53,38 @@ def test_bad_reward_functions_stop_the_run_before_any_actor(
         pipelines.ppo.run_rl(config)
 
 
+def _as_question_answer_dataset(data: Path, out: Path) -> Path:
+    """`data`'s prompt splits as a hub-layout dataset with gsm8k's column names."""
+    from datasets import Dataset
+
+    from rayalign.data.io import read_jsonl
+
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        rows = [
+            {"question": r["prompt"], "answer": r["ground_truth"]}
+            for r in read_jsonl(data / f"prompts_{split}.jsonl")
+        ]
+        Dataset.from_list(rows).to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
+    return out
+
+
 @pytest.mark.slow
 def test_grpo_on_a_users_reward_function_moves_heldout_behaviour(
     ray_local, sft_entry, easy_data, runs_dir
 ):
     from pipelines.ppo import run_rl
 
+    # The prompts come as a gsm8k-style dataset (`question`/`answer` columns, train and
+    # test splits in the hub's parquet layout) that a column mapping reads (issue 16 item 2).
+    hub = _as_question_answer_dataset(easy_data, runs_dir / "prompts-hub")
+    source = {"path": str(hub), "columns": {"question": "prompt", "answer": "ground_truth"}}
     config = _config(
         sft_entry.path,
         easy_data,
         runs_dir,
+        f"data.prompts={json.dumps(source)}",
+        f"data.prompts_eval={json.dumps(source)}",
         "run.name=grpo-custom-reward",
         f'rewards.functions={{"{SAYS}": 1.0}}',
         "rl.steps=10",

@@ -97,9 +97,9 @@ def test_parquet_rows_are_validated(tmp_path):
 def test_missing_file_and_unknown_suffix(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_rows(str(tmp_path / "nope.jsonl"))
-    (tmp_path / "x.csv").write_text("a,b\n")
-    with pytest.raises(DataError, match="unsupported file type '.csv'"):
-        load_rows(str(tmp_path / "x.csv"))
+    (tmp_path / "x.txt").write_text("a,b\n")
+    with pytest.raises(DataError, match="unsupported file type '.txt'"):
+        load_rows(str(tmp_path / "x.txt"))
 
 
 def test_sft_format_detection():
