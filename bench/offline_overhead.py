@@ -65,12 +65,12 @@ def bare_trl(stage: str, config) -> dict[str, float]:
     from importlib import import_module
 
     from pipelines.stage_registry import REGISTRY
-    from pipelines.training import trainer_args
+    from pipelines.training import stage_args
 
     recipe = import_module(REGISTRY[stage].module).TRAINER  # the stage's Ray Train recipe
     out = tempfile.mkdtemp(prefix="rayalign-bench-bare-")
     started = time.perf_counter()
-    trainer = recipe.build_trainer(config, trainer_args(config, out))
+    trainer = recipe.build_trainer(config, stage_args(recipe, config, out))
     trainer.train()
     trainer.save_model(str(Path(out) / "final"))
     wall = time.perf_counter() - started

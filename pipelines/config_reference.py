@@ -80,6 +80,36 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
     return rows
 
 
+def _owned_trainer_keys() -> list[str]:
+    """The TRL config arguments that a `trainer:` entry may not set, and why."""
+    from importlib import import_module
+
+    from pipelines.stage_registry import REGISTRY
+    from pipelines.training import DEFAULT_ARGS, OWNED, Stage
+
+    recipes = [getattr(import_module(entry.module), "TRAINER", None) for entry in REGISTRY.values()]
+    recipes = [r for r in recipes if isinstance(r, Stage)]
+    out = [
+        "## Trainer arguments rayalign sets itself",
+        "",
+        "`trainer:` passes any other argument of the stage's TRL config class "
+        f"({', '.join(f'{r.name}: `{r.trl_config}`' for r in recipes)}). These it refuses, "
+        "each with the setting that owns it: rayalign needs them to checkpoint through Ray "
+        "Train, resume exactly, log, and split the batch over workers.",
+        "",
+        "| argument | stages | set by |",
+        "| --- | --- | --- |",
+        *(f"| `{key}` | all | {why} |" for key, why in OWNED.items()),
+    ]
+    stage_keys: dict[tuple[str, str], list[str]] = {}
+    for recipe in recipes:
+        for key, why in recipe.owned.items():
+            stage_keys.setdefault((key, why), []).append(recipe.name)
+    out += [f"| `{key}` | {', '.join(names)} | {why} |" for (key, why), names in stage_keys.items()]
+    defaults = ", ".join(f"`{k}={v!r}`" for k, v in DEFAULT_ARGS.items())
+    return [*out, "", f"Defaults that `trainer:` may change: {defaults}.", ""]
+
+
 def render() -> str:
     """The whole reference as Markdown."""
     out = [
@@ -95,6 +125,7 @@ def render() -> str:
         out += ["| key | type | default | description |", "| --- | --- | --- | --- |"]
         out += _rows(model)
         out.append("")
+    out += _owned_trainer_keys()
     out += [
         "## Dataset sources",
         "",

@@ -51,6 +51,27 @@ def validate_data(config: DPOStageConfig) -> None:
         load_validated(config.data.preference_eval, "preference", EVAL_SPLIT)
 
 
+OWNED = {
+    "beta": "dpo.beta",
+    "loss_type": "dpo.loss_type (and dpo.sft_weight for an added NLL term)",
+    "loss_weights": "dpo.sft_weight",
+    "label_smoothing": "dpo.label_smoothing",
+    "max_length": "data.max_length",
+}
+
+
+def trl_args(config: DPOStageConfig) -> dict[str, Any]:
+    """DPOConfig's arguments that the DPO section sets."""
+    dpo = config.dpo
+    return {
+        "beta": dpo.beta,
+        "loss_type": [dpo.loss_type, "sft"] if dpo.sft_weight else [dpo.loss_type],
+        "loss_weights": [1.0, dpo.sft_weight] if dpo.sft_weight else None,
+        "label_smoothing": dpo.label_smoothing,
+        "max_length": config.data.max_length,
+    }
+
+
 def build_trainer(config: DPOStageConfig, args: dict[str, Any]):
     from trl import DPOConfig, DPOTrainer
 
@@ -62,16 +83,7 @@ def build_trainer(config: DPOStageConfig, args: dict[str, Any]):
         if config.dpo.ref_model
         else None
     )
-    dpo_args = DPOConfig(
-        **args,
-        beta=config.dpo.beta,
-        loss_type=[config.dpo.loss_type, "sft"]
-        if config.dpo.sft_weight
-        else [config.dpo.loss_type],
-        loss_weights=[1.0, config.dpo.sft_weight] if config.dpo.sft_weight else None,
-        label_smoothing=config.dpo.label_smoothing,
-        max_length=config.data.max_length,
-    )
+    dpo_args = DPOConfig(**args)
     return DPOTrainer(
         model=model,
         ref_model=ref,
@@ -85,5 +97,15 @@ def measure(config: DPOStageConfig, checkpoint: str) -> dict[str, float]:
     return measure_chat(config.data, checkpoint)
 
 
-TRAINER = Stage("dpo", "chat", DPOStageConfig, validate_data, build_trainer, measure)
+TRAINER = Stage(
+    "dpo",
+    "chat",
+    DPOStageConfig,
+    validate_data,
+    build_trainer,
+    measure,
+    trl_config="DPOConfig",
+    trl_args=trl_args,
+    owned=OWNED,
+)
 STAGE = TRAINER.definition()

@@ -40,17 +40,29 @@ def validate_data(config: KTOStageConfig) -> None:
         load_validated(config.data.preference_eval, "preference", EVAL_SPLIT)
 
 
+OWNED = {
+    "beta": "kto.beta",
+    "desirable_weight": "kto.desirable_weight",
+    "undesirable_weight": "kto.undesirable_weight",
+    "max_length": "data.max_length",
+}
+
+
+def trl_args(config: KTOStageConfig) -> dict[str, Any]:
+    """KTOConfig's arguments that the KTO section sets."""
+    return {
+        "beta": config.kto.beta,
+        "desirable_weight": config.kto.desirable_weight,
+        "undesirable_weight": config.kto.undesirable_weight,
+        "max_length": config.data.max_length,
+    }
+
+
 def build_trainer(config: KTOStageConfig, args: dict[str, Any]):
     from trl import KTOConfig, KTOTrainer
 
     model, tokenizer = load_policy(config)
-    kto_args = KTOConfig(
-        **args,
-        beta=config.kto.beta,
-        desirable_weight=config.kto.desirable_weight,
-        undesirable_weight=config.kto.undesirable_weight,
-        max_length=config.data.max_length,
-    )
+    kto_args = KTOConfig(**args)
     return KTOTrainer(
         model=model,
         args=kto_args,
@@ -63,5 +75,15 @@ def measure(config: KTOStageConfig, checkpoint: str) -> dict[str, float]:
     return measure_chat(config.data, checkpoint)
 
 
-TRAINER = Stage("kto", "chat", KTOStageConfig, validate_data, build_trainer, measure)
+TRAINER = Stage(
+    "kto",
+    "chat",
+    KTOStageConfig,
+    validate_data,
+    build_trainer,
+    measure,
+    trl_config="KTOConfig",
+    trl_args=trl_args,
+    owned=OWNED,
+)
 STAGE = TRAINER.definition()

@@ -36,17 +36,27 @@ def validate_data(config: RewardModelStageConfig) -> None:
         load_validated(source, "preference", split)
 
 
+OWNED = {
+    "max_length": "data.max_length",
+    "center_rewards_coefficient": "reward.center_rewards_coefficient",
+}
+
+
+def trl_args(config: RewardModelStageConfig) -> dict[str, Any]:
+    """RewardConfig's arguments that the reward section sets."""
+    return {
+        "max_length": config.data.max_length,
+        "center_rewards_coefficient": config.reward.center_rewards_coefficient,
+    }
+
+
 def build_trainer(config: RewardModelStageConfig, args: dict[str, Any]):
     from trl import RewardConfig, RewardTrainer
 
     torch.manual_seed(config.run.seed)  # the new score head's initialisation
     model, tokenizer = load_reward_model(config.model.name_or_path)
     tokenizer.padding_side = "right"
-    reward_args = RewardConfig(
-        **args,
-        max_length=config.data.max_length,
-        center_rewards_coefficient=config.reward.center_rewards_coefficient,
-    )
+    reward_args = RewardConfig(**args)
     return RewardTrainer(
         model=model,
         args=reward_args,
@@ -74,6 +84,14 @@ def measure(config: RewardModelStageConfig, checkpoint: str) -> dict[str, float]
 
 
 TRAINER = Stage(
-    "reward_model", "reward", RewardModelStageConfig, validate_data, build_trainer, measure
+    "reward_model",
+    "reward",
+    RewardModelStageConfig,
+    validate_data,
+    build_trainer,
+    measure,
+    trl_config="RewardConfig",
+    trl_args=trl_args,
+    owned=OWNED,
 )
 STAGE = TRAINER.definition()

@@ -46,20 +46,33 @@ def validate_data(config: SFTStageConfig) -> None:
         validate_rows(rows, fmt, where, config.sft.text_field)
 
 
+OWNED = {
+    "max_length": "data.max_length",
+    "dataset_text_field": "sft.text_field",
+    "packing": "sft.packing",
+    "assistant_only_loss": "sft.completion_only",
+    "completion_only_loss": "sft.completion_only",
+}
+
+
+def trl_args(config: SFTStageConfig) -> dict[str, Any]:
+    """SFTConfig's arguments that the SFT section and the data's format set."""
+    fmt = detect_sft_format(load_rows(config.data.train)[0], config.sft.text_field)
+    return {
+        "max_length": config.data.max_length,
+        "dataset_text_field": config.sft.text_field,
+        "packing": config.sft.packing,
+        "assistant_only_loss": config.sft.completion_only and fmt == "language_modeling",
+        "completion_only_loss": config.sft.completion_only if fmt == "prompt_completion" else None,
+    }
+
+
 def build_trainer(config: SFTStageConfig, args: dict[str, Any]):
     from trl import SFTConfig, SFTTrainer
 
     model, tokenizer = load_policy(config)
     datasets = trainer_datasets(config)
-    fmt = detect_sft_format(datasets["train_dataset"][0], config.sft.text_field)
-    sft_args = SFTConfig(
-        **args,
-        max_length=config.data.max_length,
-        dataset_text_field=config.sft.text_field,
-        packing=config.sft.packing,
-        assistant_only_loss=config.sft.completion_only and fmt == "language_modeling",
-        completion_only_loss=config.sft.completion_only if fmt == "prompt_completion" else None,
-    )
+    sft_args = SFTConfig(**args)
     return SFTTrainer(model=model, args=sft_args, processing_class=tokenizer, **datasets)
 
 
@@ -75,5 +88,15 @@ def measure(config: SFTStageConfig, checkpoint: str) -> dict[str, float]:
     return metrics
 
 
-TRAINER = Stage("sft", "chat", SFTStageConfig, validate_data, build_trainer, measure)
+TRAINER = Stage(
+    "sft",
+    "chat",
+    SFTStageConfig,
+    validate_data,
+    build_trainer,
+    measure,
+    trl_config="SFTConfig",
+    trl_args=trl_args,
+    owned=OWNED,
+)
 STAGE = TRAINER.definition()

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -35,11 +35,7 @@ from pipelines.train_callbacks import (
 )
 from pipelines.training_config import StageConfig
 from rayalign.cluster import init_ray
-from rayalign.config import (
-    EVAL_SPLIT,
-    TRAIN_SPLIT,
-    resolve_local,
-)
+from rayalign.config import EVAL_SPLIT, TRAIN_SPLIT, ConfigError, resolve_local
 from rayalign.data.sources import resolve_source
 from rayalign.logs import configure as configure_logging
 from rayalign.models.loading import load_causal_lm, load_tokenizer
@@ -60,22 +56,66 @@ class Stage:
     validate_data: Callable[[Any], None]
     build_trainer: Callable[[Any, dict[str, Any]], Trainer]
     measure: Callable[[Any, str], dict[str, float]]
+    trl_config: str = "TrainingArguments"  # the TRL config class `trainer:` is checked against
+    trl_args: Callable[[Any], dict[str, Any]] = lambda config: {}  # the stage's own arguments
+    # The stage's own arguments, each with the setting that sets it (a `trainer:` key may
+    # not set them).
+    owned: dict[str, str] = field(default_factory=dict)
 
     def definition(self) -> StageDefinition:
         """The stage as the stage registry runs it: `run_stage` with this recipe."""
         return StageDefinition(self.name, self.config_cls, partial(run_stage, self))
 
 
+# The TrainingArguments that rayalign sets for every stage, and the setting (or the reason)
+# that owns each: a `trainer:` entry naming one of them is an error that says so.
+OWNED: dict[str, str] = {
+    "output_dir": "each worker writes to a temporary directory; Ray Train keeps the "
+    "checkpoints under run.storage_path",
+    "learning_rate": "training.learning_rate",
+    "per_device_train_batch_size": "training.global_batch_size, split over "
+    "resources.num_workers and training.gradient_accumulation_steps",
+    "gradient_accumulation_steps": "training.gradient_accumulation_steps",
+    "max_steps": "training.max_steps (null trains trainer.num_train_epochs)",
+    "warmup_steps": "training.warmup_ratio",
+    "lr_scheduler_type": "training.lr_scheduler",
+    "weight_decay": "training.weight_decay",
+    "max_grad_norm": "training.max_grad_norm",
+    "logging_steps": "training.logging_steps",
+    "save_strategy": "checkpoints go to Ray Train every training.save_steps",
+    "save_steps": "training.save_steps",
+    "save_total_limit": "training.keep_checkpoints (Ray Train keeps them)",
+    "seed": "run.seed",
+    "data_seed": "run.seed",
+    "use_cpu": "resources.use_gpu",
+    "bf16": "model.dtype",
+    "fp16": "model.dtype",
+    "report_to": "training.report_to",
+    "eval_strategy": "the held-out loss is computed at every save when data.eval is set",
+    "eval_steps": "the held-out loss is computed at every save when data.eval is set",
+    "resume_from_checkpoint": "Ray Train resumes from the latest committed checkpoint",
+}
+# Defaults that a `trainer:` entry may change.
+DEFAULT_ARGS: dict[str, Any] = {
+    "disable_tqdm": True,  # progress lines instead of bars
+    "dataloader_num_workers": 0,  # the worker's CPUs go to torch's threads
+    "ddp_find_unused_parameters": False,
+}
+
+
 def trainer_args(config: StageConfig, output_dir: str) -> dict[str, Any]:
     """Keyword arguments shared by every TRL `*Config` (a `TrainingArguments` subclass)."""
     t = config.training
+    by_epochs = t.max_steps is None
     return {
+        **DEFAULT_ARGS,
         "output_dir": output_dir,
         "learning_rate": t.learning_rate,
         "per_device_train_batch_size": config.per_device_batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "max_steps": t.max_steps,
-        "warmup_steps": int(t.warmup_ratio * t.max_steps),
+        "max_steps": -1 if by_epochs else t.max_steps,
+        # A ratio when the step count is TRL's to work out; whole steps otherwise.
+        "warmup_steps": t.warmup_ratio if by_epochs else int(t.warmup_ratio * t.max_steps),
         "lr_scheduler_type": t.lr_scheduler,
         "weight_decay": t.weight_decay,
         "max_grad_norm": t.max_grad_norm,
@@ -88,12 +128,61 @@ def trainer_args(config: StageConfig, output_dir: str) -> dict[str, Any]:
         "use_cpu": not config.resources.use_gpu,
         "bf16": config.model.dtype == "bfloat16",
         "fp16": config.model.dtype == "float16",
-        "report_to": ["tensorboard"],
-        "disable_tqdm": True,
-        "dataloader_num_workers": 0,
-        "ddp_find_unused_parameters": False,
+        "report_to": list(t.report_to) or ["none"],
         **({"eval_strategy": "steps", "eval_steps": t.save_steps} if config.data.eval else {}),
     }
+
+
+def stage_args(stage: Stage, config: StageConfig, output_dir: str) -> dict[str, Any]:
+    """Every keyword argument of the stage's TRL config: rayalign's, the stage's own, then
+    the user's `trainer:` mapping (checked by `check_trainer_args`)."""
+    return {**trainer_args(config, output_dir), **stage.trl_args(config), **config.trainer}
+
+
+def check_trainer_args(stage: Stage, config: StageConfig) -> None:
+    """Check `trainer:` and `training.report_to` on the driver, before any worker starts:
+    each key must be a field of the stage's TRL config class that rayalign does not set
+    itself, and the class must accept the whole set of arguments.
+
+    Raises:
+        ConfigError: naming the key, the class and what to do instead.
+    """
+    import importlib.util
+
+    for name in config.training.report_to:
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(
+                f"training.report_to: {name!r} is not installed here (pip install {name})"
+            )
+    if not config.trainer:
+        return
+    import dataclasses
+    import difflib
+
+    import trl
+
+    cls = getattr(trl, stage.trl_config)
+    names = {f.name for f in dataclasses.fields(cls)}
+    owned = {**OWNED, **stage.owned}
+    for key in config.trainer:
+        if key in owned:
+            raise ConfigError(
+                f"trainer.{key}: rayalign sets {cls.__name__}.{key} itself; use {owned[key]}"
+            )
+        if key not in names:
+            close = difflib.get_close_matches(key, sorted(names), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"trainer.{key}: {cls.__name__} has no field {key!r}{hint}")
+    if "num_train_epochs" in config.trainer and config.training.max_steps is not None:
+        raise ConfigError(
+            "trainer.num_train_epochs: set training.max_steps=null too (TRL trains max_steps "
+            "steps whenever it is set, whatever the epochs)"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            cls(**stage_args(stage, config, tmp))
+        except Exception as err:  # TrainingArguments raises ValueError, TypeError, ...
+            raise ConfigError(f"trainer: {cls.__name__} rejects the arguments: {err}") from None
 
 
 def load_policy(config: StageConfig):
@@ -147,7 +236,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     output_dir = tempfile.mkdtemp(prefix=f"rayalign-{stage.name}-rank{rank}-")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(config.run_dir / "tensorboard")
-    trainer = stage.build_trainer(config, trainer_args(config, output_dir))
+    trainer = stage.build_trainer(config, stage_args(stage, config, output_dir))
     trainer.remove_callback(PrinterCallback)  # ProgressCallback prints a readable line instead
     trainer.add_callback(ReportCallback())
     if rank == 0:
@@ -226,6 +315,7 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
 
     config = absolute_local_paths(config)
     stage.validate_data(config)  # bad data stops here, before any worker or checkpoint
+    check_trainer_args(stage, config)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(
@@ -308,17 +398,19 @@ def _fit(stage: Stage, config: StageConfig, run_dir: Path) -> tuple[str, dict[st
     return _final_checkpoint_path(result), metrics
 
 
-def finished_final(run_dir: Path, max_steps: int) -> str | None:
-    """The run's final checkpoint if Ray Train committed it with all `max_steps` steps."""
+def finished_final(run_dir: Path, max_steps: int | None) -> str | None:
+    """The run's final checkpoint if Ray Train committed it with all `max_steps` steps
+    (all the steps that its epochs came to, when `max_steps` is None)."""
     latest = _latest_committed(run_dir)
     if latest is None or latest[0] != FINAL_DIR:
         return None
     final = run_dir / FINAL_DIR
     try:
-        step = int(_read_json(final / "trainer_state.json")["global_step"])
+        state = _read_json(final / "trainer_state.json")
+        step, planned = int(state["global_step"]), int(state["max_steps"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return str(final) if step >= max_steps else None
+    return str(final) if step >= (planned if max_steps is None else max_steps) else None
 
 
 def _latest_committed(run_dir: Path) -> tuple[str, Any] | None:

@@ -5,7 +5,7 @@ settings and the fields every stage's config shares. Each stage module subclasse
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -22,7 +22,11 @@ class TrainingConfig(Strict):
     gradient_accumulation_steps: int = Field(
         1, ge=1, description="Micro-batches per optimizer step."
     )
-    max_steps: int = Field(100, ge=1, description="Optimizer steps to train.")
+    max_steps: int | None = Field(
+        100,
+        ge=1,
+        description="Optimizer steps to train; null trains trainer.num_train_epochs epochs instead.",
+    )
     warmup_ratio: float = Field(
         0.05, ge=0, lt=1, description="Fraction of steps of linear warm-up."
     )
@@ -44,6 +48,12 @@ class TrainingConfig(Strict):
         2,
         ge=-1,
         description="Worker-group failures to recover from (from the latest checkpoint); -1 is unlimited.",
+    )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Where the trainer logs: TensorBoard (under the run directory) and/or "
+        "wandb or MLflow when installed (they read their usual WANDB_*/MLFLOW_* variables); "
+        "[] logs nowhere.",
     )
     merge_with_start: float = Field(
         1.0,
@@ -70,6 +80,13 @@ class StageConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation.")
     register_as: str | None = Field(
         None, description="Registry name of the final checkpoint (default: the run name)."
+    )
+    trainer: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More arguments of the stage's TRL config class (SFTConfig, DPOConfig, "
+        "KTOConfig, RewardConfig), e.g. {num_train_epochs: 2, gradient_checkpointing: true, "
+        "optim: adafactor}; checked against the class before any worker starts. The keys "
+        "rayalign sets itself are listed at the end of this page.",
     )
 
     @model_validator(mode="after")
