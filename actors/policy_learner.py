@@ -6,6 +6,7 @@ minibatch, gradients are averaged with torch.distributed (gloo on CPU, NCCL on G
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -14,11 +15,21 @@ from actors.batches import TrainBatch
 from actors.weight_sync import WeightSender, export_weights
 from rayalign import rl_math
 from rayalign.models.logprobs import sequence_logprobs
+from rayalign.models.lora import is_peft, save_merged, with_adapters
 from rayalign.rl_config import RLConfig
+
+logger = logging.getLogger(__name__)
 
 
 class LogprobMismatchError(RuntimeError):
     """vLLM's sampling log-probs and the learner's disagree: the weight sync is broken."""
+
+
+def _checkpoint_activations(model: torch.nn.Module) -> None:
+    """Keep only each decoder layer's input in the forward pass and recompute the rest in
+    the backward pass (non-reentrant: the gradients are the same)."""
+    model.config.use_cache = False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 class PolicyLearner(WeightSender):
@@ -53,9 +64,24 @@ class PolicyLearner(WeightSender):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(model_path)
         self.pad_id = self.tokenizer.pad_token_id
-        self.policy = load_causal_lm(model_path, dtype=dtype).to(self.device).train()
+        if rl.lora:  # adapters on the frozen policy; a LoRA checkpoint resumes its own
+            self.policy = with_adapters(model_path, rl.lora, dtype)
+            counts = [p.numel() for p in self.policy.parameters() if p.requires_grad]
+            total = sum(p.numel() for p in self.policy.parameters())
+            self.trainable_params = sum(counts)
+            logger.info(
+                f"[learner] LoRA r={rl.lora.r}: {sum(counts):,} of {total:,} parameters train"
+            )
+        else:
+            self.policy = load_causal_lm(model_path, dtype=dtype)
+            self.trainable_params = sum(p.numel() for p in self.policy.parameters())
+        self.policy = self.policy.to(self.device).train()
+        if rl.gradient_checkpointing:
+            _checkpoint_activations(self.policy)
         self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=rl.learning_rate, weight_decay=0.0
+            [p for p in self.policy.parameters() if p.requires_grad],
+            lr=rl.learning_rate,
+            weight_decay=0.0,
         )
         self.critic = None
         if critic_path is not None:
@@ -67,6 +93,8 @@ class PolicyLearner(WeightSender):
                 critic_path, num_labels=1, dtype=DTYPES[dtype]
             ).to(self.device)
             self.critic.config.pad_token_id = self.pad_id
+            if rl.gradient_checkpointing:
+                _checkpoint_activations(self.critic)
             self.critic_optimizer = torch.optim.AdamW(
                 self.critic.parameters(), lr=rl.critic_learning_rate, weight_decay=0.0
             )
@@ -363,7 +391,10 @@ class PolicyLearner(WeightSender):
         """Write the policy as a self-contained HF directory (rank 0 only), plus the
         optimizer state and the critic (under `critic/`) for resuming."""
         if self.rank == 0:
-            self.policy.save_pretrained(path, safe_serialization=True)
+            if is_peft(self.policy):  # merged weights to serve, adapters to resume
+                save_merged(self.policy, path)
+            else:
+                self.policy.save_pretrained(path, safe_serialization=True)
             self.tokenizer.save_pretrained(path)
             state = {"policy": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
             if self.critic is not None:

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from rayalign.models.lora import is_peft, merged_weights
+
 EXTENSION_CLS = "actors.weight_sync.WeightSyncExtension"
 
 
@@ -31,8 +33,14 @@ def export_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     `lm_head.weight` is always included, tied or not: vLLM's CPU backend keeps a
     repacked copy of the LM head, which an in-place reload of the embeddings alone
     leaves stale (verified: greedy outputs diverge from transformers without it).
+    A LoRA policy's weights are merged (`rayalign.models.lora.merged_weights`) and the
+    whole model moves: the engines reload weights in place, with no LoRA support to turn
+    on (adapter-only sync would need `enable_lora` engines; not built yet).
     """
-    out = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    if is_peft(model):  # LoRA: the merged weights, under the base model's names
+        out = merged_weights(model)
+    else:
+        out = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     if "lm_head.weight" not in out and getattr(model.config, "tie_word_embeddings", False):
         out["lm_head.weight"] = out["model.embed_tokens.weight"]
     return out

@@ -41,6 +41,10 @@ ABOUT = {
     "some hanging up mid-stream) while a second model is published and removed every "
     "minute: per-minute requests, errors, p50/p99 latency, and each process's memory at "
     "the start and the end. The baseline is the run's own first minute (drift ratios).",
+    "learner_memory": "Peak RSS of one RL learner update (`medium` model) with gradient "
+    "checkpointing and micro-batching each on and off, each setting in a fresh process; "
+    "ratios against both off, of the whole peak and of the part above the weights, "
+    "gradients and AdamW state.",
     "learner_efficiency": "The RL learner's update (forward/backward; pi_old from sampling): training "
     "tokens/s and achieved FLOP/s as a fraction of measured float32 matmul FLOP/s.",
 }

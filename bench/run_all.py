@@ -17,6 +17,7 @@ BENCHMARKS = [
     ["bench.parallel_stages"],
     ["bench.offline_overhead"],
     ["bench.learner_efficiency"],
+    ["bench.learner_memory"],
     ["bench.soak"],
 ]
 

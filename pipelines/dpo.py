@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipelines.measure import measure_chat
-from pipelines.training import Stage, load_policy, trainer_datasets
+from pipelines.training import Stage, load_policy, peft_kwargs, trainer_datasets
 from pipelines.training_config import StageConfig
 from rayalign.config import EVAL_SPLIT, Strict
 from rayalign.data.datasets import load_validated
@@ -90,6 +90,7 @@ def build_trainer(config: DPOStageConfig, args: dict[str, Any]):
         args=dpo_args,
         processing_class=tokenizer,
         **trainer_datasets(config, "preference"),
+        **peft_kwargs(config),  # with adapters and no ref_model: the adapter-disabled policy
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from pipelines.measure import measure_chat
-from pipelines.training import Stage, load_policy, trainer_datasets
+from pipelines.training import Stage, load_policy, peft_kwargs, trainer_datasets
 from pipelines.training_config import StageConfig
 from rayalign.config import EVAL_SPLIT, Strict
 from rayalign.data.datasets import load_validated
@@ -68,6 +68,7 @@ def build_trainer(config: KTOStageConfig, args: dict[str, Any]):
         args=kto_args,
         processing_class=tokenizer,
         **trainer_datasets(config, "unpaired"),
+        **peft_kwargs(config),  # with adapters: the adapter-disabled policy is the reference
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from pipelines.training import Stage, trainer_datasets
+from pipelines.training import Stage, peft_kwargs, trainer_datasets
 from pipelines.training_config import StageConfig
 from rayalign.config import EVAL_SPLIT, Source, Strict
 from rayalign.data.datasets import load_preference_rows, load_validated
@@ -62,6 +62,7 @@ def build_trainer(config: RewardModelStageConfig, args: dict[str, Any]):
         args=reward_args,
         processing_class=tokenizer,
         **trainer_datasets(config, "preference"),
+        **peft_kwargs(config, "SEQ_CLS"),  # peft trains the new score head whole
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field
 
 from pipelines.measure import measure_chat, text_loss
-from pipelines.training import Stage, load_policy, trainer_datasets
+from pipelines.training import Stage, load_policy, peft_kwargs, trainer_datasets
 from pipelines.training_config import StageConfig
 from rayalign.config import EVAL_SPLIT, Strict
 from rayalign.data.datasets import detect_sft_format, load_rows, validate_rows
@@ -73,7 +73,13 @@ def build_trainer(config: SFTStageConfig, args: dict[str, Any]):
     model, tokenizer = load_policy(config)
     datasets = trainer_datasets(config)
     sft_args = SFTConfig(**args)
-    return SFTTrainer(model=model, args=sft_args, processing_class=tokenizer, **datasets)
+    return SFTTrainer(
+        model=model,
+        args=sft_args,
+        processing_class=tokenizer,
+        **datasets,
+        **peft_kwargs(config),
+    )
 
 
 def measure(config: SFTStageConfig, checkpoint: str) -> dict[str, float]:

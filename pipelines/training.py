@@ -38,6 +38,7 @@ from rayalign.cluster import init_ray
 from rayalign.config import EVAL_SPLIT, TRAIN_SPLIT, ConfigError, resolve_local
 from rayalign.data.sources import resolve_source
 from rayalign.logs import configure as configure_logging
+from rayalign.models.lora import ADAPTER_DIR
 from rayalign.models.loading import load_causal_lm, load_tokenizer
 from rayalign.registry import Registry, RegistryEntry
 
@@ -185,6 +186,20 @@ def check_trainer_args(stage: Stage, config: StageConfig) -> None:
             raise ConfigError(f"trainer: {cls.__name__} rejects the arguments: {err}") from None
 
 
+def peft_kwargs(config: StageConfig, task_type: str = "CAUSAL_LM") -> dict[str, Any]:
+    """`peft_config` for a TRL trainer when the stage trains LoRA adapters."""
+    return {"peft_config": config.lora.peft_config(task_type)} if config.lora else {}
+
+
+def parameter_counts(model) -> dict[str, float]:
+    """Trainable and total parameters of `model` (adapters only, with LoRA)."""
+    params = list(model.parameters())
+    return {
+        "trainable_params": float(sum(p.numel() for p in params if p.requires_grad)),
+        "total_params": float(sum(p.numel() for p in params)),
+    }
+
+
 def load_policy(config: StageConfig):
     """The starting causal LM (in train mode) and its tokenizer, as the config names them."""
 
@@ -237,6 +252,12 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     output_dir = tempfile.mkdtemp(prefix=f"rayalign-{stage.name}-rank{rank}-")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(config.run_dir / "tensorboard")
     trainer = stage.build_trainer(config, stage_args(stage, config, output_dir))
+    counts = parameter_counts(trainer.model)
+    if rank == 0:
+        logger.info(
+            f"[{stage.name}] trainable parameters: {counts['trainable_params']:,.0f} of "
+            f"{counts['total_params']:,.0f}" + (f" (LoRA r={config.lora.r})" if config.lora else "")
+        )
     trainer.remove_callback(PrinterCallback)  # ProgressCallback prints a readable line instead
     trainer.add_callback(ReportCallback())
     if rank == 0:
@@ -256,17 +277,35 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     final = Path(output_dir) / FINAL_DIR
     checkpoint = None
     if rank == 0:
-        if not (resume and Path(resume).name == FINAL_DIR):  # the final one is merged already
-            _merge_with_start(config, trainer.model)
-        trainer.save_model(str(final))
+        if config.lora:
+            _save_merged_lora(config, trainer, final)
+        else:
+            if not (resume and Path(resume).name == FINAL_DIR):  # merged already
+                _merge_with_start(config, trainer.model)
+            trainer.save_model(str(final))
         trainer.state.save_to_json(str(final / "trainer_state.json"))
         checkpoint = ray.train.Checkpoint.from_directory(str(final))
     ray.train.report(
-        {"step": trainer.state.global_step, "final": 1.0},
+        {"step": trainer.state.global_step, "final": 1.0, **counts},
         checkpoint=checkpoint,
         checkpoint_dir_name=FINAL_DIR,
     )
     shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def _save_merged_lora(config: StageConfig, trainer: Trainer, final: Path) -> None:
+    """The LoRA run's final checkpoint: the adapters merged into the base weights (a plain
+    checkpoint that vLLM and every stage load), with the adapters themselves in
+    `adapter/` for serving several adapters on one base."""
+    import torch
+
+    model = trainer.model
+    model.save_pretrained(str(final / ADAPTER_DIR))
+    merged = model.merge_and_unload()
+    _merge_with_start(config, merged)
+    merged.save_pretrained(str(final), safe_serialization=True)
+    trainer.processing_class.save_pretrained(str(final))
+    torch.save(trainer.args, final / "training_args.bin")
 
 
 def _merge_with_start(config: StageConfig, model) -> None:

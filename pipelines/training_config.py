@@ -9,7 +9,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rayalign.config import DataConfig, ModelConfig, ResourcesConfig, RunConfig, Strict
+from rayalign.config import (
+    DataConfig,
+    LoraConfig,
+    ModelConfig,
+    ResourcesConfig,
+    RunConfig,
+    Strict,
+)
 
 
 class TrainingConfig(Strict):
@@ -80,6 +87,12 @@ class StageConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation.")
     register_as: str | None = Field(
         None, description="Registry name of the final checkpoint (default: the run name)."
+    )
+    lora: LoraConfig | None = Field(
+        None,
+        description="Train LoRA adapters instead of every weight (e.g. {r: 16}); the "
+        "registered checkpoint has them merged. DPO and KTO then use the adapter-disabled "
+        "model as the reference: no second model in memory.",
     )
     trainer: dict[str, Any] = Field(
         default_factory=dict,

@@ -92,6 +92,31 @@ class DataConfig(Strict):
         return [(self.train, TRAIN_SPLIT)] + ([(self.eval, EVAL_SPLIT)] if self.eval else [])
 
 
+class LoraConfig(Strict):
+    """LoRA adapters (peft) instead of training every weight."""
+
+    r: int = Field(16, ge=1, description="Rank of each adapter's update.")
+    alpha: float = Field(32, gt=0, description="Scale: the update is multiplied by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Layers that get adapters: 'all-linear' (every linear layer but the "
+        "output head), or module names such as [q_proj, v_proj].",
+    )
+
+    def peft_config(self, task_type: str = "CAUSAL_LM"):
+        """The `peft.LoraConfig`; a sequence classifier's new score head is trained whole."""
+        from peft import LoraConfig as PeftLoraConfig
+
+        return PeftLoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            task_type=task_type,
+        )
+
+
 class RunConfig(Strict):
     name: str = Field(
         description="Run name; rerunning with the same name resumes it.",

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rayalign.config import ModelConfig, RunConfig, Source, Strict
+from rayalign.config import LoraConfig, ModelConfig, RunConfig, Source, Strict
 
 
 class RLData(Strict):
@@ -163,6 +163,21 @@ class RLConfig(Strict):
         description=(
             "Sequences per forward/backward pass on each learner; gradients accumulate over "
             "a minibatch's micro-batches. Default: the whole minibatch at once."
+        ),
+    )
+    lora: LoraConfig | None = Field(
+        None,
+        description=(
+            "Train LoRA adapters on the policy (e.g. {r: 16}) instead of every weight; the "
+            "rollout engines receive the merged weights, checkpoints hold both."
+        ),
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description=(
+            "Recompute the policy's (and critic's) activations in the backward pass instead "
+            "of keeping them: less learner memory for about one more forward pass "
+            "(bench/learner_memory.py)."
         ),
     )
     old_logprobs: Literal["auto", "sampling", "recompute"] = Field(

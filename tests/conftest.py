@@ -126,6 +126,18 @@ def easy_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bare_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`easy_data`'s questions (same seed and counts) with every answer a bare number."""
+    from rayalign.data.tasks import build_task
+    from rayalign.data.tasks.splits import write_task_data
+
+    out = tmp_path_factory.mktemp("data") / "bare"
+    options = {**EASY_ARITHMETIC, "verbose_rate": 0.0}
+    write_task_data(build_task("arithmetic", options), out, seed=0, n_train=350, n_test=50)
+    return out
+
+
+@pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Storage path shared by the session's stage runs (one registry)."""
     return tmp_path_factory.mktemp("runs")
@@ -180,6 +192,29 @@ def rm_entry(sft_entry, easy_pairs, runs_dir):
             f"data.train={easy_pairs / 'preference_train.jsonl'}",
             f"data.eval={easy_pairs / 'preference_test.jsonl'}",
             f"run.storage_path={runs_dir}",
+        ],
+    )
+    return stage.run(config)
+
+
+@pytest.fixture(scope="session")
+def lora_sft_entry(sft_entry, bare_data, runs_dir):
+    """LoRA SFT (r=16, adapters on every linear layer) from the SFT checkpoint on the
+    bare-number answers: the format moves while the base weights stay frozen."""
+    stage, config = stage_config(
+        "sft",
+        [
+            f"model.name_or_path={sft_entry.path}",
+            f"data.train={bare_data / 'sft_train.jsonl'}",
+            "data.eval=null",
+            f"data.prompts_eval={bare_data / 'prompts_test.jsonl'}",
+            "data.preference_eval=null",
+            "run.name=lora-sft",
+            f"run.storage_path={runs_dir}",
+            "lora={r: 16, alpha: 32}",
+            "training.learning_rate=1e-3",
+            "training.max_steps=40",
+            "training.save_steps=20",
         ],
     )
     return stage.run(config)

@@ -91,6 +91,19 @@ def test_micro_batches_accumulate_the_minibatch_gradient(tiny_model, aggregation
         assert split_metrics["policy_loss"] == pytest.approx(whole_metrics["policy_loss"], abs=1e-6)
 
 
+def test_gradient_checkpointing_changes_no_gradient(tiny_model):
+    """Recomputed activations give the kept ones' gradients (memory: bench/learner_memory)."""
+    settings = dict(learning_rate=1e-3, minibatch_size=6, entropy_coef=0.01)
+    kept = PolicyLearner(str(tiny_model), RLConfig(**settings))
+    recomputed = PolicyLearner(str(tiny_model), RLConfig(**settings, gradient_checkpointing=True))
+    assert recomputed.policy.is_gradient_checkpointing and not kept.policy.is_gradient_checkpointing
+    batch = _ragged_batch(kept)
+    kept_metrics, recomputed_metrics = kept.update(batch), recomputed.update(batch)
+    for a, b in zip(_grads(kept), _grads(recomputed), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert recomputed_metrics["policy_loss"] == pytest.approx(kept_metrics["policy_loss"], abs=1e-6)
+
+
 def test_sampling_logprobs_as_pi_old_give_the_recomputed_update(tiny_model):
     settings = dict(learning_rate=1e-3, minibatch_size=3, epochs=1)
     sampled = PolicyLearner(str(tiny_model), RLConfig(**settings, old_logprobs="sampling"))
@@ -126,3 +139,54 @@ def test_mismatch_stops_the_update_before_a_weight_moves(tiny_model, mode):
     # Samples from older weights are not held to the learner's log-probs.
     batch.fresh = torch.zeros(len(batch.prompt_ids), dtype=torch.bool)
     assert math.isnan(learner.update(batch)["logprob_mismatch"])
+
+
+def test_lora_learner_trains_adapters_exports_merged_weights_and_resumes(tiny_model, tmp_path):
+    from rayalign.config import LoraConfig
+
+    # The batch is reused after updates: its behaviour log-probs go stale (gate off).
+    rl = RLConfig(
+        learning_rate=1e-2,
+        minibatch_size=6,
+        lora=LoraConfig(r=4, alpha=8),
+        max_logprob_mismatch=1e9,
+    )
+    learner = PolicyLearner(str(tiny_model), rl)
+    total = sum(p.numel() for p in learner.policy.parameters())
+    assert 0 < learner.trainable_params < total / 5
+    frozen = {
+        n: p.detach().clone() for n, p in learner.policy.named_parameters() if "lora_" not in n
+    }
+    batch = _ragged_batch(learner)
+    learner.update(batch)
+    for name, p in learner.policy.named_parameters():  # only the adapters moved
+        if "lora_" not in name:
+            assert torch.equal(p, frozen[name]), name
+    weights = learner.weights()
+    assert not any("lora_" in k or "base_layer" in k for k in weights)
+    reference = learner.policy.merge_and_unload().state_dict()  # peft's own merge
+    learner = PolicyLearner(str(tiny_model), rl)  # the merge above consumed the adapters
+    learner.update(batch)
+    weights = learner.weights()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(weights[name], tensor, atol=1e-6, rtol=1e-5)
+    # A checkpoint: merged weights any engine loads, and adapters a resumed learner continues.
+    learner.save(str(tmp_path / "ckpt"))
+    assert (tmp_path / "ckpt" / "adapter" / "adapter_config.json").is_file()
+    resumed = PolicyLearner(str(tmp_path / "ckpt"), rl)
+    resumed.load_optimizer(str(tmp_path / "ckpt" / "optimizer.pt"))
+    torch.testing.assert_close(
+        resumed.logprobs(batch.prompt_ids, batch.completion_ids),
+        learner.logprobs(batch.prompt_ids, batch.completion_ids),
+    )
+    plain = PolicyLearner(str(tmp_path / "ckpt"), RLConfig(learning_rate=1e-2, minibatch_size=6))
+    torch.testing.assert_close(
+        plain.logprobs(batch.prompt_ids, batch.completion_ids),
+        learner.logprobs(batch.prompt_ids, batch.completion_ids),
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    learner.update(batch)
+    resumed.update(batch)  # the same step from the resumed state
+    for a, b in zip(learner.weights().values(), resumed.weights().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

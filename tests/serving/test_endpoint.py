@@ -166,6 +166,35 @@ def test_publish_while_another_model_streams(endpoint, client):
     assert RegistryWatch(endpoint.config).sync() == ([], ["late"])
 
 
+def test_a_lora_checkpoint_answers_like_it_measured(endpoint, client, lora_sft_entry, bare_data):
+    """The LoRA SFT checkpoint (adapters merged at registration) published on the live
+    endpoint gives the held-out answers its registration measured."""
+    from rayalign.registry import Registry
+    from rayalign.rewards import exact_match_reward
+    from serving.deploy import RegistryWatch
+
+    Registry(endpoint.registry).register(lora_sft_entry)
+    assert RegistryWatch(endpoint.config).sync() == ([lora_sft_entry.name], [])
+    try:
+        deadline = time.time() + 10  # the ingress refreshes its model list every second
+        while lora_sft_entry.name not in {m.id for m in client.models.list().data}:
+            assert time.time() < deadline, "the LoRA checkpoint never appeared in /v1/models"
+            time.sleep(0.5)
+        rows = read_jsonl(bare_data / "prompts_test.jsonl")
+        correct = 0
+        for row in rows:
+            reply = client.chat.completions.create(
+                model=lora_sft_entry.name, messages=row["prompt"], max_tokens=16, temperature=0
+            )
+            correct += exact_match_reward(reply.choices[0].message.content, row["ground_truth"])
+        accuracy = correct / len(rows)
+        print(f"served LoRA checkpoint: held-out exact match {accuracy:.2f}")
+        assert abs(accuracy - lora_sft_entry.metrics["heldout_accuracy"]) <= 0.04
+    finally:  # the endpoint is shared by the package
+        Registry(endpoint.registry).remove(lora_sft_entry.name)
+        RegistryWatch(endpoint.config).sync()
+
+
 def test_removed_model_is_gone_others_stay(endpoint, client, http):
     from rayalign.registry import Registry
     from serving.deploy import RegistryWatch, remove

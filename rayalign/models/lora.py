@@ -1,0 +1,73 @@
+"""LoRA adapters on a policy (peft): wrapping, resuming, and the merged weights that
+inference engines load.
+
+A LoRA checkpoint written by rayalign is a plain HF directory of the merged weights (what
+vLLM, Serve and every stage load) with the adapters in `adapter/`, whose config names
+the base they apply to: a resumed run loads that base and the adapters, so training goes
+on from exactly the same parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rayalign.config import LoraConfig
+
+ADAPTER_DIR = "adapter"
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def with_adapters(
+    model_path: str, lora: LoraConfig, dtype: str = "float32", task_type: str = "CAUSAL_LM"
+):
+    """The policy at `model_path` with trainable LoRA adapters: the checkpoint's own
+    adapters on their base when it is a rayalign LoRA checkpoint, new ones otherwise."""
+    from peft import PeftConfig, PeftModel, get_peft_model
+
+    from rayalign.models.loading import load_causal_lm
+
+    adapter = Path(model_path) / ADAPTER_DIR
+    if adapter.is_dir():
+        base = PeftConfig.from_pretrained(str(adapter)).base_model_name_or_path
+        return PeftModel.from_pretrained(
+            load_causal_lm(base, dtype=dtype), str(adapter), is_trainable=True
+        )
+    return get_peft_model(load_causal_lm(model_path, dtype=dtype), lora.peft_config(task_type))
+
+
+@torch.no_grad()
+def merged_weights(model) -> dict[str, torch.Tensor]:
+    """The base model's weights with every active adapter's update added, keyed by the
+    base model's HF names, on the CPU. Computed out of place: merging into the frozen
+    weights and back would add rounding error at every weight sync."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    out = {
+        name.replace(".base_layer.", "."): t.detach().to("cpu")
+        for name, t in base.state_dict().items()
+        if ".lora_" not in name
+    }
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            key = f"{name}.weight"
+            for adapter in module.active_adapters:
+                out[key] = out[key] + module.get_delta_weight(adapter).to("cpu", out[key].dtype)
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def save_merged(model, path: str | Path) -> None:
+    """Write `model`'s merged weights as a plain HF checkpoint at `path`, and its adapters
+    under `path/adapter`."""
+    path = Path(path)
+    model.save_pretrained(str(path / ADAPTER_DIR))
+    base = model.get_base_model()
+    state = merged_weights(model)
+    if getattr(base.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    base.save_pretrained(str(path), state_dict=state, safe_serialization=True)
