@@ -38,8 +38,8 @@ from rayalign.cluster import init_ray
 from rayalign.config import EVAL_SPLIT, TRAIN_SPLIT, ConfigError, resolve_local
 from rayalign.data.sources import resolve_source
 from rayalign.logs import configure as configure_logging
-from rayalign.models.lora import ADAPTER_DIR
 from rayalign.models.loading import load_causal_lm, load_tokenizer
+from rayalign.models.lora import ADAPTER_DIR
 from rayalign.registry import Registry, RegistryEntry
 
 logger = logging.getLogger(__name__)
