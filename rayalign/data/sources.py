@@ -33,8 +33,9 @@ _DATASETS_FILES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 _FILE_SUFFIXES = {".jsonl", ".json", *_DATASETS_FILES}
 
 
-def as_source(value: Source) -> DatasetSource:
-    return value if isinstance(value, DatasetSource) else DatasetSource(path=value)
+def as_source(value: Source | Path) -> DatasetSource:
+    """`value` as a `DatasetSource` (a string or a `Path` is its `path`)."""
+    return value if isinstance(value, DatasetSource) else DatasetSource(path=str(value))
 
 
 def resolve_source(value: Source | None) -> Source | None:
@@ -45,7 +46,9 @@ def resolve_source(value: Source | None) -> Source | None:
     if not Path(source.path).exists():
         return value
     absolute = str(Path(source.path).resolve())
-    return absolute if isinstance(value, str) else source.model_copy(update={"path": absolute})
+    if isinstance(value, DatasetSource):
+        return source.model_copy(update={"path": absolute})
+    return absolute
 
 
 def as_json(value: Source | None) -> str | dict | None:
