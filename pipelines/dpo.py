@@ -11,10 +11,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipelines.measure import measure_chat
-from pipelines.training import Stage, load_policy, peft_kwargs, trainer_datasets
+from pipelines.training import Stage, load_policy, peft_kwargs, trainer_datasets, validate_sources
 from pipelines.training_config import StageConfig
-from rayalign.config import EVAL_SPLIT, Strict
-from rayalign.data.datasets import load_validated
+from rayalign.config import Strict
 
 
 class DPOOptions(Strict):
@@ -45,10 +44,7 @@ class DPOStageConfig(StageConfig):
 
 
 def validate_data(config: DPOStageConfig) -> None:
-    for source, split in config.data.splits():
-        load_validated(source, "preference", split)
-    if config.data.preference_eval:
-        load_validated(config.data.preference_eval, "preference", EVAL_SPLIT)
+    validate_sources(config, "preference")
 
 
 OWNED = {

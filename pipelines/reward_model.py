@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from pipelines.training import Stage, peft_kwargs, trainer_datasets
+from pipelines.training import Stage, peft_kwargs, trainer_datasets, validate_sources
 from pipelines.training_config import StageConfig
 from rayalign.config import EVAL_SPLIT, Source, Strict
-from rayalign.data.datasets import load_preference_rows, load_validated
+from rayalign.data.datasets import load_preference_rows
 from rayalign.models.reward import load_reward_model, score
 
 
@@ -32,8 +32,7 @@ class RewardModelStageConfig(StageConfig):
 
 
 def validate_data(config: RewardModelStageConfig) -> None:
-    for source, split in config.data.splits():
-        load_validated(source, "preference", split)
+    validate_sources(config, "preference")
 
 
 OWNED = {

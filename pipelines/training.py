@@ -36,6 +36,7 @@ from pipelines.train_callbacks import (
 from pipelines.training_config import StageConfig
 from rayalign.cluster import init_ray
 from rayalign.config import EVAL_SPLIT, TRAIN_SPLIT, ConfigError, resolve_local
+from rayalign.data.datasets import Format, load_validated
 from rayalign.data.sources import resolve_source
 from rayalign.logs import configure as configure_logging
 from rayalign.models.loading import load_causal_lm, load_tokenizer
@@ -132,6 +133,15 @@ def trainer_args(config: StageConfig, output_dir: str) -> dict[str, Any]:
         "report_to": list(t.report_to) or ["none"],
         **({"eval_strategy": "steps", "eval_steps": t.save_steps} if config.data.eval else {}),
     }
+
+
+def validate_sources(config: StageConfig, fmt: Format) -> None:
+    """Validate the training and held-out sources as `fmt` rows and `preference_eval` as
+    preference pairs, before any worker starts (errors name source, split, row, field)."""
+    for source, split in config.data.splits():
+        load_validated(source, fmt, split)
+    if config.data.preference_eval:
+        load_validated(config.data.preference_eval, "preference", EVAL_SPLIT)
 
 
 def stage_args(stage: Stage, config: StageConfig, output_dir: str) -> dict[str, Any]:
