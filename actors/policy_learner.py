@@ -25,13 +25,6 @@ class LogprobMismatchError(RuntimeError):
     """vLLM's sampling log-probs and the learner's disagree: the weight sync is broken."""
 
 
-def _checkpoint_activations(model: torch.nn.Module) -> None:
-    """Keep only each decoder layer's input in the forward pass and recompute the rest in
-    the backward pass (non-reentrant: the gradients are the same)."""
-    model.config.use_cache = False
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
 class PolicyLearner(WeightSender):
     """Create with `ray.remote(PolicyLearner)`; one actor per data-parallel rank.
 
@@ -56,7 +49,7 @@ class PolicyLearner(WeightSender):
         seed: int = 0,
         dtype: str = "float32",
     ) -> None:
-        from rayalign.models.loading import load_causal_lm, load_tokenizer
+        from rayalign.models.loading import checkpoint_activations, load_causal_lm, load_tokenizer
 
         torch.manual_seed(seed)
         self.rl = rl
@@ -64,20 +57,18 @@ class PolicyLearner(WeightSender):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(model_path)
         self.pad_id = self.tokenizer.pad_token_id
-        if rl.lora:  # adapters on the frozen policy; a LoRA checkpoint resumes its own
-            self.policy = with_adapters(model_path, rl.lora, dtype)
-            counts = [p.numel() for p in self.policy.parameters() if p.requires_grad]
-            total = sum(p.numel() for p in self.policy.parameters())
-            self.trainable_params = sum(counts)
-            logger.info(
-                f"[learner] LoRA r={rl.lora.r}: {sum(counts):,} of {total:,} parameters train"
-            )
-        else:
-            self.policy = load_causal_lm(model_path, dtype=dtype)
-            self.trainable_params = sum(p.numel() for p in self.policy.parameters())
+        # LoRA: adapters on the frozen policy (a LoRA checkpoint resumes its own).
+        self.policy = (
+            with_adapters(model_path, rl.lora, dtype)
+            if rl.lora
+            else load_causal_lm(model_path, dtype=dtype)
+        )
         self.policy = self.policy.to(self.device).train()
+        self.trainable_params = sum(p.numel() for p in self.policy.parameters() if p.requires_grad)
+        if rl.lora:
+            logger.info(f"[learner] LoRA r={rl.lora.r}: {self.trainable_params:,} parameters train")
         if rl.gradient_checkpointing:
-            _checkpoint_activations(self.policy)
+            checkpoint_activations(self.policy)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.policy.parameters() if p.requires_grad],
             lr=rl.learning_rate,
@@ -94,7 +85,7 @@ class PolicyLearner(WeightSender):
             ).to(self.device)
             self.critic.config.pad_token_id = self.pad_id
             if rl.gradient_checkpointing:
-                _checkpoint_activations(self.critic)
+                checkpoint_activations(self.critic)
             self.critic_optimizer = torch.optim.AdamW(
                 self.critic.parameters(), lr=rl.critic_learning_rate, weight_decay=0.0
             )

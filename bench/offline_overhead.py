@@ -65,7 +65,7 @@ def bare_trl(stage: str, config) -> dict[str, float]:
     from importlib import import_module
 
     from pipelines.stage_registry import REGISTRY
-    from pipelines.training import stage_args
+    from pipelines.trainer_inputs import stage_args
 
     recipe = import_module(REGISTRY[stage].module).TRAINER  # the stage's Ray Train recipe
     out = tempfile.mkdtemp(prefix="rayalign-bench-bare-")

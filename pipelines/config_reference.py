@@ -85,7 +85,8 @@ def _owned_trainer_keys() -> list[str]:
     from importlib import import_module
 
     from pipelines.stage_registry import REGISTRY
-    from pipelines.training import DEFAULT_ARGS, OWNED, Stage
+    from pipelines.trainer_inputs import DEFAULT_ARGS, OWNED
+    from pipelines.training import Stage
 
     recipes = [getattr(import_module(entry.module), "TRAINER", None) for entry in REGISTRY.values()]
     recipes = [r for r in recipes if isinstance(r, Stage)]

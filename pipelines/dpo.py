@@ -11,7 +11,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipelines.measure import measure_chat
-from pipelines.training import Stage, load_policy, peft_kwargs, trainer_datasets, validate_sources
+from pipelines.trainer_inputs import load_policy, peft_kwargs, trainer_datasets, validate_sources
+from pipelines.training import Stage
 from pipelines.training_config import StageConfig
 from rayalign.config import Strict
 

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from pipelines.training import Stage, peft_kwargs, trainer_datasets, validate_sources
+from pipelines.trainer_inputs import peft_kwargs, trainer_datasets, validate_sources
+from pipelines.training import Stage
 from pipelines.training_config import StageConfig
 from rayalign.config import EVAL_SPLIT, Source, Strict
 from rayalign.data.datasets import load_preference_rows

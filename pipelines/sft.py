@@ -12,7 +12,8 @@ from typing import Any
 from pydantic import Field
 
 from pipelines.measure import measure_chat, text_loss
-from pipelines.training import Stage, load_policy, peft_kwargs, trainer_datasets
+from pipelines.trainer_inputs import load_policy, peft_kwargs, trainer_datasets
+from pipelines.training import Stage
 from pipelines.training_config import StageConfig
 from rayalign.config import EVAL_SPLIT, Strict
 from rayalign.data.datasets import detect_sft_format, load_rows, validate_rows

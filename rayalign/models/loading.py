@@ -45,3 +45,10 @@ def load_causal_lm(
         name_or_path, dtype=DTYPES[dtype], revision=revision, trust_remote_code=trust_remote_code
     )
     return model.eval()
+
+
+def checkpoint_activations(model) -> None:
+    """Keep only each decoder layer's input in the forward pass and recompute the rest in
+    the backward pass (non-reentrant: the gradients are the same)."""
+    model.config.use_cache = False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -26,7 +26,7 @@ def test_preference_stages_with_adapters_use_the_adapter_disabled_reference(
     from peft import PeftModel
 
     from pipelines.stage_registry import REGISTRY
-    from pipelines.training import stage_args
+    from pipelines.trainer_inputs import stage_args
 
     files = {"dpo": "preference_train.jsonl", "kto": "unpaired_train.jsonl"}
     _, config = stage_config(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.training import OWNED, check_trainer_args, stage_args
+from pipelines.trainer_inputs import OWNED, check_trainer_args, stage_args
 from rayalign.config import ConfigError
 from tests.conftest import stage_config
 
@@ -47,7 +47,7 @@ def test_owned_keys_are_real_fields_and_cover_what_rayalign_sets(name, arithmeti
     args = stage_args(recipe, config, str(tmp_path))
     # Every argument rayalign passes is owned (refused in `trainer:`) or a default the user
     # may change.
-    from pipelines.training import DEFAULT_ARGS
+    from pipelines.trainer_inputs import DEFAULT_ARGS
 
     assert set(args) <= set(owned) | set(DEFAULT_ARGS)
 
