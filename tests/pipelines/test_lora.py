@@ -64,6 +64,42 @@ def test_lora_sft_learns_and_registers_a_plain_checkpoint(lora_sft_entry, sft_en
 
 
 @pytest.mark.slow
+def test_lora_reward_model_trains_adapters_and_its_score_head(
+    ray_local, sft_entry, easy_pairs, runs_dir
+):
+    """The reward model with adapters: the new score head trains whole (peft's
+    modules_to_save), the registered checkpoint is merged and scores as a plain reward
+    model, and it ranks held-out pairs better than chance after a short run."""
+    from safetensors.torch import load_file
+
+    stage, config = stage_config(
+        "reward_model",
+        [
+            f"model.name_or_path={sft_entry.path}",
+            f"data.train={easy_pairs / 'preference_train.jsonl'}",
+            f"data.eval={easy_pairs / 'preference_test.jsonl'}",
+            f"run.storage_path={runs_dir}",
+            "run.name=rm-lora",
+            "lora={r: 16, alpha: 32}",
+            "training.learning_rate=1e-3",
+            "training.max_steps=60",
+            "training.save_steps=60",
+        ],
+    )
+    entry = stage.run(config)
+    final = Path(entry.path)
+    adapter = load_file(str(final / "adapter" / "adapter_model.safetensors"))
+    assert any("score" in name for name in adapter)  # the head is saved whole
+    assert 0 < entry.metrics["trainable_params"] < entry.metrics["total_params"] / 5
+    print(
+        f"LoRA reward model: held-out pairwise accuracy {entry.metrics['heldout_pairwise_accuracy']:.2f}"
+    )
+    # 2026-12-02, this CPU: 0.82 after 60 steps (0.71 after 30; a random head is at 0.5;
+    # the full fine-tune reaches 0.97 in 250 steps).
+    assert entry.metrics["heldout_pairwise_accuracy"] >= 0.65
+
+
+@pytest.mark.slow
 def test_lora_grpo_raises_heldout_accuracy(ray_local, sft_entry, easy_data, runs_dir):
     from pipelines.ppo import run_rl
 
