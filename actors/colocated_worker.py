@@ -33,6 +33,8 @@ class ColocatedWorker(PolicyLearner):
         max_model_len: the engine's longest prompt + completion.
         threads: torch threads for every phase (the actor's CPUs); None keeps torch's.
         weight_version: the version of the weights at `model_path` (a resumed run's step).
+        lora: the adapters' {r, alpha} when the engine takes updates as adapters
+            (`GenerationWorker`); None when it reloads whole weights.
         engine_kwargs: passed on to `vllm.LLM`.
     """
 
@@ -50,6 +52,7 @@ class ColocatedWorker(PolicyLearner):
         max_model_len: int = 256,
         threads: int | None = None,
         weight_version: int = 0,
+        lora: dict[str, float] | None = None,
         **engine_kwargs: Any,
     ) -> None:
         self.threads = threads
@@ -61,6 +64,7 @@ class ColocatedWorker(PolicyLearner):
             seed=seed,
             dtype=dtype,
             weight_version=weight_version,
+            lora=lora,
             **engine_kwargs,
         )
         super().__init__(model_path, rl, critic_path, rank, world_size, seed, dtype)
@@ -80,7 +84,9 @@ class ColocatedWorker(PolicyLearner):
 
     def sync_local(self, version: int) -> int:
         """Load this rank's current policy weights into its own engine, in-process."""
-        return self.engine.load_weights(export_weights(self.policy), version)
+        return self.engine.load_weights(
+            export_weights(self.policy, adapters_only=self.sync_adapters), version
+        )
 
     def ping(self) -> str:
         return self.engine.name

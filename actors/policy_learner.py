@@ -65,8 +65,14 @@ class PolicyLearner(WeightSender):
         )
         self.policy = self.policy.to(self.device).train()
         self.trainable_params = sum(p.numel() for p in self.policy.parameters() if p.requires_grad)
+        # What the rollout engines get after each update: the adapters alone, or the
+        # merged weights (`rl.lora_sync`).
+        self.sync_adapters = rl.lora is not None and rl.lora_sync == "adapters"
         if rl.lora:
-            logger.info(f"[learner] LoRA r={rl.lora.r}: {self.trainable_params:,} parameters train")
+            logger.info(
+                f"[learner] LoRA r={rl.lora.r}: {self.trainable_params:,} parameters train; "
+                f"the engines get {'the adapters' if self.sync_adapters else 'merged weights'}"
+            )
         if rl.gradient_checkpointing:
             checkpoint_activations(self.policy)
         self.optimizer = torch.optim.AdamW(
@@ -372,7 +378,7 @@ class PolicyLearner(WeightSender):
 
     # -- weights and checkpoints ----------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
-        return export_weights(self.policy)
+        return export_weights(self.policy, adapters_only=self.sync_adapters)
 
     def export_weights(self) -> dict[str, torch.Tensor]:
         """The policy's weights as a return value (to the object store)."""

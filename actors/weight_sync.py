@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from rayalign.models.lora import is_peft, merged_weights
+from rayalign.models.lora import adapter_weights, is_peft, merged_weights
 
 EXTENSION_CLS = "actors.weight_sync.WeightSyncExtension"
 
 
-def export_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def export_weights(model: torch.nn.Module, adapters_only: bool = False) -> dict[str, torch.Tensor]:
     """A model's parameters and buffers on the CPU, detached, keyed by HF names.
 
     CPU tensors are not copied: whoever receives them copies once (Ray when it stores an
@@ -33,10 +33,12 @@ def export_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     `lm_head.weight` is always included, tied or not: vLLM's CPU backend keeps a
     repacked copy of the LM head, which an in-place reload of the embeddings alone
     leaves stale (verified: greedy outputs diverge from transformers without it).
-    A LoRA policy's weights are merged (`rayalign.models.lora.merged_weights`) and the
-    whole model moves: the engines reload weights in place, with no LoRA support to turn
-    on (adapter-only sync would need `enable_lora` engines; not built yet).
+    A LoRA policy gives its adapters alone with `adapters_only` (for engines with LoRA
+    support, `GenerationWorker(lora=...)`), else its merged weights
+    (`rayalign.models.lora.merged_weights`), which engines reload in place.
     """
+    if is_peft(model) and adapters_only:
+        return adapter_weights(model)
     if is_peft(model):  # LoRA: the merged weights, under the base model's names
         out = merged_weights(model)
     else:

@@ -19,13 +19,15 @@ def build_pool(
     anchors: dict | None = None,
     source: Any = None,
     weight_version: int = 0,
+    lora: dict[str, float] | None = None,
 ) -> RolloutPool:
     """A RolloutPool of GenerationWorkers serving `model_path` in `dtype`, placed as
     `rollout` says; `target` (the RL run controller's wanted size) lets it grow or shrink
     while running. `anchors` are colocated learner ranks sampling as workers too; `source`
     (learner rank 0) broadcasts new weights to the other workers, if given.
     `weight_version` is the version of the weights at `model_path` (a resumed run's step):
-    only samples of the learner's current version measure the vLLM/learner gap."""
+    only samples of the learner's current version measure the vLLM/learner gap.
+    `lora` ({r, alpha}) starts LoRA engines that take each update as adapters."""
     from actors.generation_worker import remote_generation_worker
 
     r = rollout or RolloutConfig()
@@ -39,6 +41,7 @@ def build_pool(
             seed=seed,
             dtype=dtype,
             weight_version=weight_version,
+            lora=lora,
         )
 
     return RolloutPool(

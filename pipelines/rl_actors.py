@@ -96,6 +96,7 @@ def build_actors(config: PPOStageConfig, state: RunState) -> RLActors:
         anchors=anchors,
         source=learners[0] if config.rollout.weight_transport == "collective" else None,
         weight_version=state.step,
+        lora=engine_lora(config),
     )
     return RLActors(
         pool=pool,
@@ -104,6 +105,15 @@ def build_actors(config: PPOStageConfig, state: RunState) -> RLActors:
         learners=learners,
         controller=controller,
     )
+
+
+def engine_lora(config: PPOStageConfig) -> dict[str, float] | None:
+    """The adapters' shape for rollout engines that take updates as adapters
+    (`rl.lora_sync: adapters`), or None for engines that reload whole weights."""
+    lora = config.rl.lora
+    if lora is None or config.rl.lora_sync != "adapters":
+        return None
+    return {"r": lora.r, "alpha": lora.alpha}
 
 
 def build_scorers(config: PPOStageConfig) -> list[Any]:
@@ -157,6 +167,7 @@ def build_colocated(
             "max_model_len": ro.max_model_len,
             "threads": max(1, int(cpus)),
             "weight_version": weight_version,
+            "lora": engine_lora(config),
         }
         return {"num_cpus": cpus, "extra": extra}
 

@@ -168,8 +168,19 @@ class RLConfig(Strict):
     lora: LoraConfig | None = Field(
         None,
         description=(
-            "Train LoRA adapters on the policy (e.g. {r: 16}) instead of every weight; the "
-            "rollout engines receive the merged weights, checkpoints hold both."
+            "Train LoRA adapters on the policy (e.g. {r: 16}) instead of every weight; "
+            "checkpoints hold the merged weights and the adapters (`adapter/`)."
+        ),
+    )
+    lora_sync: Literal["auto", "adapters", "merged"] = Field(
+        "auto",
+        description=(
+            "With `lora`: what the rollout engines get after each update. 'adapters': the "
+            "adapter weights alone, into engines started with vLLM's LoRA support on the "
+            "frozen base. 'merged': the merged weights, reloaded in place into plain "
+            "engines. 'auto': adapters where the engines run on GPUs, merged on CPU, where "
+            "vLLM's LoRA layers made sampling 4.7x slower than the merged sync saves "
+            "(bench/lora_sync.py)."
         ),
     )
     gradient_checkpointing: bool = Field(
@@ -293,6 +304,9 @@ class PPOStageConfig(Strict):
                 "rl.async overlaps generation with the update, which a colocated learner and "
                 "engine cannot do (they take turns): use placement: split"
             )
+        if self.rl.lora_sync == "auto":  # resolved here: the learners see `rl` alone
+            gpus = self.learner.gpus_per_learner if self.colocated else self.rollout.gpus_per_worker
+            self.rl.lora_sync = "adapters" if gpus > 0 else "merged"
         return self
 
     @property

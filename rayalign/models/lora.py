@@ -71,3 +71,71 @@ def save_merged(model, path: str | Path) -> None:
     if getattr(base.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     base.save_pretrained(str(path), state_dict=state, safe_serialization=True)
+
+
+# -- adapter-only weight sync ---------------------------------------------------------------
+# An engine with LoRA support (vLLM's `enable_lora`) keeps the frozen base and takes each
+# update as a new adapter: only the adapters move (1.2 MB instead of 15 MB for the `small`
+# preset at r=16: 312,320 of 3,738,880 parameters), and nothing is merged on the learner.
+
+
+def adapter_weights(model) -> dict[str, torch.Tensor]:
+    """The active adapter's tensors alone, on the CPU, under the names peft saves them
+    with (`base_model.model.<module>.lora_A.weight`)."""
+    from peft import get_peft_model_state_dict
+
+    return {
+        name: t.detach().to("cpu").contiguous()
+        for name, t in get_peft_model_state_dict(model).items()
+    }
+
+
+def is_adapter_weights(names) -> bool:
+    """Whether tensor `names` are an adapter's (`adapter_weights`), not a whole model's."""
+    names = list(names)
+    return bool(names) and all(".lora_A." in n or ".lora_B." in n for n in names)
+
+
+def write_adapter(
+    path: str | Path, weights: dict[str, torch.Tensor], alpha: float, base: str
+) -> Path:
+    """An adapter folder laid out as peft writes one (`adapter_config.json`,
+    `adapter_model.safetensors`), from `adapter_weights` tensors: what vLLM's LoRA
+    loader and `PeftModel.from_pretrained` read. The rank and the adapted modules are
+    read off the tensors."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    ranks = {t.shape[0] for n, t in weights.items() if ".lora_A." in n}
+    if len(ranks) != 1:
+        raise ValueError(f"adapter tensors with ranks {sorted(ranks)}: one rank expected")
+    targets = sorted({n.split(".lora_")[0].rsplit(".", 1)[-1] for n in weights})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": ranks.pop(),
+        "lora_alpha": alpha,
+        "target_modules": targets,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "base_model_name_or_path": base,
+    }
+    save_file(
+        {n: t.contiguous() for n, t in weights.items()}, str(path / "adapter_model.safetensors")
+    )
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return path
+
+
+def adapter_base(model_path: str) -> str | None:
+    """The base model a rayalign LoRA checkpoint's adapters apply to (its `adapter/`
+    config's), or None when `model_path` holds no adapters."""
+    import json
+
+    config = Path(model_path) / ADAPTER_DIR / "adapter_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text())["base_model_name_or_path"]

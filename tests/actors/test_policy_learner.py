@@ -142,6 +142,7 @@ def test_mismatch_stops_the_update_before_a_weight_moves(tiny_model, mode):
 
 
 def test_lora_learner_trains_adapters_exports_merged_weights_and_resumes(tiny_model, tmp_path):
+    from actors.weight_sync import export_weights
     from rayalign.config import LoraConfig
 
     # The batch is reused after updates: its behaviour log-probs go stale (gate off).
@@ -149,6 +150,7 @@ def test_lora_learner_trains_adapters_exports_merged_weights_and_resumes(tiny_mo
         learning_rate=1e-2,
         minibatch_size=6,
         lora=LoraConfig(r=4, alpha=8),
+        lora_sync="adapters",
         max_logprob_mismatch=1e9,
     )
     learner = PolicyLearner(str(tiny_model), rl)
@@ -162,12 +164,19 @@ def test_lora_learner_trains_adapters_exports_merged_weights_and_resumes(tiny_mo
     for name, p in learner.policy.named_parameters():  # only the adapters moved
         if "lora_" not in name:
             assert torch.equal(p, frozen[name]), name
-    weights = learner.weights()
+    # What the engines get: the adapters alone (lora_sync: adapters) ...
+    adapters = learner.weights()
+    assert adapters and all(".lora_A." in k or ".lora_B." in k for k in adapters)
+    assert sum(t.numel() for t in adapters.values()) == learner.trainable_params
+    # ... or the merged weights (lora_sync: merged), under the base model's names.
+    merged = PolicyLearner(str(tiny_model), rl.model_copy(update={"lora_sync": "merged"}))
+    assert merged.weights().keys() == export_weights(learner.policy).keys()
+    weights = export_weights(learner.policy)
     assert not any("lora_" in k or "base_layer" in k for k in weights)
     reference = learner.policy.merge_and_unload().state_dict()  # peft's own merge
     learner = PolicyLearner(str(tiny_model), rl)  # the merge above consumed the adapters
     learner.update(batch)
-    weights = learner.weights()
+    weights = export_weights(learner.policy)
     for name, tensor in reference.items():
         torch.testing.assert_close(weights[name], tensor, atol=1e-6, rtol=1e-5)
     # A checkpoint: merged weights any engine loads, and adapters a resumed learner continues.

@@ -99,6 +99,31 @@ def test_lora_reward_model_trains_adapters_and_its_score_head(
     assert entry.metrics["heldout_pairwise_accuracy"] >= 0.65
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], "merged"),  # CPU engines: vLLM's LoRA layers cost more than the merged sync
+        (["placement=split", "rollout.gpus_per_worker=1"], "adapters"),
+        (["placement=colocated", "learner.gpus_per_learner=1"], "adapters"),
+        (["rollout.gpus_per_worker=1", "rl.lora_sync=merged"], "merged"),  # as asked
+    ],
+)
+def test_lora_sync_auto_moves_adapters_to_gpu_engines(
+    tiny_model, arithmetic_data, overrides, expected
+):
+    config = load_config(
+        PPOStageConfig,
+        ROOT / "configs" / "tiny" / "grpo.yaml",
+        [
+            f"model.name_or_path={tiny_model}",
+            f"data.prompts={arithmetic_data / 'prompts_train.jsonl'}",
+            "rl.lora={r: 16}",
+            *overrides,
+        ],
+    )
+    assert config.rl.lora_sync == expected
+
+
 @pytest.mark.slow
 def test_lora_grpo_raises_heldout_accuracy(ray_local, sft_entry, easy_data, runs_dir):
     from pipelines.ppo import run_rl
@@ -114,6 +139,10 @@ def test_lora_grpo_raises_heldout_accuracy(ray_local, sft_entry, easy_data, runs
             "run.name=grpo-lora",
             "placement=colocated",
             "rl.lora={r: 16, alpha: 32}",
+            # The engine keeps the frozen base and takes each update as adapters (vLLM's
+            # LoRA support); the merged path is the default on CPU, tested in the learner's
+            # and the generation worker's tests.
+            "rl.lora_sync=adapters",
             "rl.learning_rate=3e-4",  # adapters start at zero: a LoRA-sized step
             "rl.steps=20",
         ],
@@ -124,7 +153,7 @@ def test_lora_grpo_raises_heldout_accuracy(ray_local, sft_entry, easy_data, runs
     rows = [json.loads(x) for x in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
     print(f"LoRA GRPO held-out accuracy {before:.2f} -> {after:.2f}")
     assert after >= before + 0.25
-    # The engine samples from the merged weights it was sent: vLLM's and the learner's
-    # log-probs agree on the same tokens at every step.
+    # The engine samples with the adapters it was sent: vLLM's and the learner's log-probs
+    # agree on the same tokens at every step.
     assert max(r["logprob_mismatch"] for r in rows) < config.rl.max_logprob_mismatch
     assert (Path(entry.path) / "adapter" / "adapter_config.json").is_file()
