@@ -179,7 +179,7 @@ class RLConfig(Strict):
             "adapter weights alone, into engines started with vLLM's LoRA support on the "
             "frozen base. 'merged': the merged weights, reloaded in place into plain "
             "engines. 'auto': adapters where the engines run on GPUs, merged on CPU, where "
-            "vLLM's LoRA layers made sampling 4.7x slower than the merged sync saves "
+            "vLLM's LoRA layers slow sampling down more than the smaller sync saves "
             "(bench/lora_sync.py)."
         ),
     )

@@ -61,9 +61,12 @@ def test_reward_model_ranks_heldout_pairs(rm_entry):
     print("reward model:", rm_entry.metrics)
     assert rm_entry.kind == "reward"
     # Held out: 400 pairs (50 unseen questions x 8 wrong answers, some only 1 off); chance is
-    # 0.5. Whole schedules at lr 3e-4: 0.900/0.973/0.955 after 150/250/450 steps (the
-    # config stops at 250).
-    assert rm_entry.metrics["heldout_pairwise_accuracy"] >= 0.9
+    # 0.5. Whole schedules at lr 3e-4 on the machine that set the config: 0.900/0.973/0.955
+    # after 150/250/450 steps (the config stops at 250). On an AMD EPYC 2-core machine
+    # (2026-12-02), from the same SFT checkpoint, 250 steps, run.seed 0/1/2 (score-head
+    # initialisation and data order): 0.868/0.898/0.953, each reproducing to the last digit.
+    # The old bound, 0.9, sat inside that spread (seed 0 failed); 0.8 is below all of it.
+    assert rm_entry.metrics["heldout_pairwise_accuracy"] >= 0.8
 
 
 @pytest.mark.parametrize("stage_name", ["dpo", "kto"])
@@ -99,11 +102,10 @@ def test_bad_data_stops_before_training_and_keeps_checkpoints(
 ):
     from rayalign.data.io import DataError
 
-    def snapshot():
+    def snapshot():  # the run's files and its registry entry (other runs may register)
         root = runs_dir / "sft"
-        return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}, (
-            runs_dir / "registry.json"
-        ).read_text()
+        files = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+        return files, Registry(runs_dir).get("sft")
 
     before = snapshot()
     bad = tmp_path / "bad.jsonl"
