@@ -39,11 +39,16 @@ browser:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
+# Two pytest-xdist workers, one Ray cluster each: the suite's one-core phases (process
+# starts, engine start-up, Serve health checks) overlap with the other worker's compute.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 test: setup browser
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests $(PYTEST_PARALLEL)
 
 test-fast: setup
-	$(BIN)/pytest tests -m "not slow"
+	$(BIN)/pytest tests -m "not slow" $(PYTEST_PARALLEL)
 
 demo: setup
 	$(BIN)/rayalign demo

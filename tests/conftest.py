@@ -20,6 +20,71 @@ from rayalign.logs import configure as configure_logging  # noqa: E402
 
 configure_logging()  # as the CLI does: progress lines on stdout, third-party noise off
 
+# -- parallel runs (pytest-xdist, `make test`) ------------------------------------------------
+# Two workers share the two cores: while one waits on a process start, a Serve health check
+# or a one-thread phase, the other computes. Each worker runs its own Ray cluster. Groups of
+# tests that share a fixture beyond one module stay on one worker, and the longest groups
+# start first, so that the workers finish together.
+PACKAGE_GROUPS = ("tests/serving",)  # one package-scoped endpoint for the directory
+LONGEST_FIRST = (  # minutes each on two cores (pytest --durations)
+    "tests/serving",
+    "tests/pipelines/test_offline_stages.py",
+    "tests/e2e/test_pipeline_run.py",
+    "tests/pipelines/test_rl_stage.py",
+    "tests/pipelines/test_safety_stages.py",
+    "tests/e2e/test_serve_cli.py",
+    "tests/pipelines/test_ray_train_ops.py",
+    "tests/pipelines/test_rl_ops.py",
+    "tests/pipelines/test_dataset_stages.py",
+    "tests/pipelines/test_lora.py",
+)
+
+
+def _group(item: pytest.Item) -> str:
+    path = item.path.relative_to(Path(__file__).resolve().parents[1]).as_posix()
+    return next((g for g in PACKAGE_GROUPS if path.startswith(g + "/")), path)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") == "no":
+        return
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: file order kept
+
+
+def _session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's temp root: shared by all xdist workers (each has its own basetemp
+    below it), the basetemp itself in a plain run."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _once(tmp_path_factory, name: str, build, encode=str, decode=Path):
+    """`build()` run once per session, whichever worker asks first; the others wait for it
+    and read what it wrote (a failed build is retried by the next asker)."""
+    from filelock import FileLock
+
+    root = _session_root(tmp_path_factory) / "shared"
+    root.mkdir(exist_ok=True)
+    done = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if done.exists():
+            return decode(json.loads(done.read_text()))
+        value = build()
+        done.write_text(json.dumps(encode(value)))
+        return value
+
+
+def _entry_once(tmp_path_factory, name: str, build):
+    from rayalign.registry import RegistryEntry
+
+    return _once(
+        tmp_path_factory, name, build, lambda e: dict(e.__dict__), lambda d: RegistryEntry(**d)
+    )
+
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -91,9 +156,13 @@ EASY_ARITHMETIC = {"max_operand": 19, "ops": "+", "verbose_rate": 0.5}
 
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random `small` model the stage fixtures start from (one for all workers)."""
     from rayalign.models.factory import init_model
 
-    return init_model("small", tmp_path_factory.mktemp("models") / "small", seed=0)
+    root = _session_root(tmp_path_factory)
+    return _once(
+        tmp_path_factory, "small_model", lambda: init_model("small", root / "small", seed=0)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -139,8 +208,11 @@ def bare_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Storage path shared by the session's stage runs (one registry)."""
-    return tmp_path_factory.mktemp("runs")
+    """Storage path shared by the session's stage runs, on every worker (one registry;
+    run names are unique across the suite)."""
+    path = _session_root(tmp_path_factory) / "runs"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def checkpoint_committed(run_dir: Path) -> bool:
@@ -166,8 +238,14 @@ def stage_config(stage_name: str, overrides: list[str]):
 
 
 @pytest.fixture(scope="session")
-def sft_entry(ray_local, small_model, easy_data, runs_dir):
+def sft_entry(ray_local, small_model, easy_data, runs_dir, tmp_path_factory):
     """The SFT stage run once from the random `small` model; DPO/KTO/RM/RL start from it."""
+    return _entry_once(
+        tmp_path_factory, "sft_entry", lambda: _run_sft(small_model, easy_data, runs_dir)
+    )
+
+
+def _run_sft(small_model, easy_data, runs_dir):
     stage, config = stage_config(
         "sft",
         [
@@ -183,8 +261,14 @@ def sft_entry(ray_local, small_model, easy_data, runs_dir):
 
 
 @pytest.fixture(scope="session")
-def rm_entry(sft_entry, easy_pairs, runs_dir):
+def rm_entry(sft_entry, easy_pairs, runs_dir, tmp_path_factory):
     """The reward-model stage run once from the SFT checkpoint (PPO scores with it)."""
+    return _entry_once(
+        tmp_path_factory, "rm_entry", lambda: _run_rm(sft_entry, easy_pairs, runs_dir)
+    )
+
+
+def _run_rm(sft_entry, easy_pairs, runs_dir):
     stage, config = stage_config(
         "reward_model",
         [
@@ -198,9 +282,15 @@ def rm_entry(sft_entry, easy_pairs, runs_dir):
 
 
 @pytest.fixture(scope="session")
-def lora_sft_entry(sft_entry, bare_data, runs_dir):
+def lora_sft_entry(sft_entry, bare_data, runs_dir, tmp_path_factory):
     """LoRA SFT (r=16, adapters on every linear layer) from the SFT checkpoint on the
     bare-number answers: the format moves while the base weights stay frozen."""
+    return _entry_once(
+        tmp_path_factory, "lora_sft_entry", lambda: _run_lora_sft(sft_entry, bare_data, runs_dir)
+    )
+
+
+def _run_lora_sft(sft_entry, bare_data, runs_dir):
     stage, config = stage_config(
         "sft",
         [
