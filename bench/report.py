@@ -45,6 +45,10 @@ ABOUT = {
     "checkpointing and micro-batching each on and off, each setting in a fresh process; "
     "ratios against both off, of the whole peak and of the part above the weights, "
     "gradients and AdamW state.",
+    "lora_sync": "LoRA RL's two `rl.lora_sync` modes, learner and engine in one process: "
+    "merged weights reloaded into a plain engine against the adapters alone loaded into a "
+    "LoRA engine (bytes and seconds per sync), and each engine's sampling time for the same "
+    "prompts. Ratios: adapters / merged.",
     "learner_efficiency": "The RL learner's update (forward/backward; pi_old from sampling): training "
     "tokens/s and achieved FLOP/s as a fraction of measured float32 matmul FLOP/s.",
 }
