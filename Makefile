@@ -42,7 +42,7 @@ browser:
 # Two pytest-xdist workers, one Ray cluster each: the suite's one-core phases (process
 # starts, engine start-up, Serve health checks) overlap with the other worker's compute.
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: setup browser
 	$(BIN)/pytest tests $(PYTEST_PARALLEL)

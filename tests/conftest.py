@@ -40,19 +40,28 @@ LONGEST_FIRST = (  # minutes each on two cores (pytest --durations)
 )
 
 
-def _group(item: pytest.Item) -> str:
-    path = item.path.relative_to(Path(__file__).resolve().parents[1]).as_posix()
+def _group(nodeid: str) -> str:
+    """The scheduling group of a test: its directory's for PACKAGE_GROUPS, else its file."""
+    path = nodeid.split("::", 1)[0]
     return next((g for g in PACKAGE_GROUPS if path.startswith(g + "/")), path)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") == "no":
-        return
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
-    rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: file order kept
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers collect; the order is theirs
+        rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(_group(item.nodeid), len(rank)))  # stable
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist's scope scheduling with this suite's groups as the scopes (xdist's own
+    `xdist_group` marks rename node ids, which pytest 9 no longer allows)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return GroupScheduling(config, log)
 
 
 def _session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
