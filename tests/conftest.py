@@ -20,9 +20,9 @@ from rayalign.logs import configure as configure_logging  # noqa: E402
 
 configure_logging()  # as the CLI does: progress lines on stdout, third-party noise off
 
-# -- parallel runs (pytest-xdist, `make test`) ------------------------------------------------
-# Two workers share the two cores: while one waits on a process start, a Serve health check
-# or a one-thread phase, the other computes. Each worker runs its own Ray cluster. Groups of
+# -- parallel runs (pytest-xdist, `make test PYTEST_ARGS="-n 4 ..."`) -------------------------
+# Off by default: on two cores two workers were slower than one (see the Makefile). Each
+# worker runs its own Ray cluster. Groups of
 # tests that share a fixture beyond one module stay on one worker, and the longest groups
 # start first, so that the workers finish together.
 PACKAGE_GROUPS = ("tests/serving",)  # one package-scoped endpoint for the directory
