@@ -21,9 +21,6 @@ from actors.batches import PromptRequest, Sample, SamplingOptions
 from actors.weight_sync import EXTENSION_CLS, WeightReceiver
 from rayalign.models.lora import ADAPTER_DIR, adapter_base, is_adapter_weights, write_adapter
 
-# The LoRA ranks vLLM engines accept as `max_lora_rank` (vllm.config.lora.MaxLoRARanks).
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
 
 class GenerationWorker(WeightReceiver):
     """Wraps one `vllm.LLM`. Create with `ray.remote(GenerationWorker).options(...)`.
@@ -67,10 +64,14 @@ class GenerationWorker(WeightReceiver):
             if engine_path != model_path:  # a LoRA checkpoint: its base and its adapters
                 first_adapter = str(Path(model_path) / ADAPTER_DIR)
             self._adapter_root = tempfile.mkdtemp(prefix=f"rayalign-adapters-{name}-")
-            ranks = [r for r in VLLM_LORA_RANKS if r >= lora["r"]]
+            from typing import get_args
+
+            from vllm.config.lora import MaxLoRARanks  # the ranks `max_lora_rank` accepts
+
+            ranks = sorted(r for r in get_args(MaxLoRARanks) if r >= lora["r"])
             if not ranks:
                 raise ValueError(
-                    f"LoRA rank {lora['r']} is above vLLM's largest ({VLLM_LORA_RANKS[-1]}): "
+                    f"LoRA rank {lora['r']} is above vLLM's largest ({max(get_args(MaxLoRARanks))}): "
                     "sync merged weights instead (rl.lora_sync: merged)"
                 )
             engine_kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=ranks[0])

@@ -36,6 +36,17 @@ def _hf_logprobs(model, prompt_ids: list[int], completion_ids: list[int]) -> tor
     return lp[len(prompt_ids) - 1 :]
 
 
+def _worst_logprob_gap(model, samples) -> float:
+    """Largest |vLLM sampling log-prob - transformers log-prob| over the sampled tokens."""
+    return max(
+        (torch.tensor(s.logprobs) - _hf_logprobs(model, s.prompt_ids, s.completion_ids))
+        .abs()
+        .max()
+        .item()
+        for s in samples
+    )
+
+
 def _sharpen(model, seed: int) -> None:
     """Random but decisive weights: distinct prompts get distinct greedy answers."""
     g = torch.Generator().manual_seed(seed)
@@ -75,13 +86,7 @@ def test_weight_sync_makes_vllm_match_transformers(ray_local, tiny_model, arithm
         )
     )
     assert len(sampled) == 2 * len(requests) and [s.index for s in sampled[:4]] == [0, 0, 1, 1]
-    worst = max(
-        (torch.tensor(s.logprobs) - _hf_logprobs(learner, s.prompt_ids, s.completion_ids))
-        .abs()
-        .max()
-        .item()
-        for s in sampled
-    )
+    worst = _worst_logprob_gap(learner, sampled)
     assert worst < 1e-3, worst
     ray.kill(worker)
 
@@ -142,13 +147,7 @@ def test_lora_engine_takes_adapters_and_samples_as_the_peft_policy(
             requests, SamplingOptions(n=2, temperature=1.0, max_tokens=8, seed=0)
         )
     )
-    worst = max(
-        (torch.tensor(s.logprobs) - _hf_logprobs(policy, s.prompt_ids, s.completion_ids))
-        .abs()
-        .max()
-        .item()
-        for s in sampled
-    )
+    worst = _worst_logprob_gap(policy, sampled)
     assert worst < 1e-3, worst
 
     # Whole-model weights are refused by name: this engine keeps its base frozen.
