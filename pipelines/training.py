@@ -46,6 +46,11 @@ from rayalign.registry import Registry, RegistryEntry
 logger = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
+# How often Ray Train's controller polls its workers (Ray's default: 2 s). Each phase
+# change (workers up, training done) waits for the next poll: on a short stage the
+# default cost 4.7 s of 25 (a 2-step SFT on the tiny model, 2 cores). A value the user
+# sets in the driver's environment wins; Ray Train passes it on to the controller.
+HEALTH_CHECK_INTERVAL_S = "0.5"
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,7 @@ def _fit(stage: Stage, config: StageConfig, run_dir: Path) -> tuple[str, dict[st
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     resources = {"CPU": config.resources.cpus_per_worker, **config.resources.custom_resources}
     if config.resources.use_gpu:
         resources["GPU"] = 1

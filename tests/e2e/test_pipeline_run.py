@@ -1,5 +1,6 @@
 """`rayalign pipeline run` against a `ray start --head` cluster by address: interrupted
-once, rerun, finished stages skipped, every checkpoint registered and then served."""
+once, rerun, finished stages skipped, every checkpoint registered and then served by
+`rayalign serve` as a user runs it: a later checkpoint published and removed, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import yaml
 from rayalign.cluster import free_port
 from tests.conftest import checkpoint_committed
 from tests.e2e.conftest import served_models, start_serve
+from tests.serving.conftest import register_tiny
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -92,7 +94,9 @@ def _run(config: Path, address: str, env: dict) -> subprocess.Popen:
     )
 
 
-def test_pipeline_interrupted_rerun_skips_finished_and_serves_all(head_node, tmp_path):
+def test_pipeline_interrupted_rerun_skips_finished_then_serve_publish_remove_ctrl_c(
+    head_node, tmp_path
+):
     storage = tmp_path / "runs"
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump(_pipeline(storage)))
@@ -134,31 +138,62 @@ def test_pipeline_interrupted_rerun_skips_finished_and_serves_all(head_node, tmp
     )
     assert status.returncode == 0 and "dpo" in status.stdout and "succeeded" in status.stdout
 
-    # Every registered checkpoint is served.
+    # Every registered checkpoint is served; one registered later is published on demand
+    # by name and removed; Ctrl-C shuts the endpoint down (one `rayalign serve` for all of
+    # it: each start of the endpoint and its engines costs most of a minute on two cores).
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     serve = start_serve(storage, port, head_node)
     try:
-        deadline = time.time() + 300
-        models: set[str] = set()
-        while models != {"sft", "dpo"}:
-            assert serve.poll() is None, serve.stdout.read()[-3000:]
-            assert time.time() < deadline, f"served models: {models}"
-            time.sleep(2)
-            models = served_models(port)
-        for model in models:
-            reply = httpx.post(
-                f"http://127.0.0.1:{port}/v1/chat/completions",
-                json={
-                    "model": model,
-                    "messages": [{"role": "user", "content": "hi"}],
-                    "max_tokens": 4,
-                },
-                timeout=60,
-            )
-            assert reply.status_code == 200, reply.text
-    finally:
+        _wait_for(lambda: served_models(port) == {"sft", "dpo"}, 300, "the endpoint", serve)
+        for model in ("sft", "dpo"):
+            assert _chat(url, model).status_code == 200
+
+        register_tiny(storage, "late", seed=1)
+        assert served_models(port) == {"sft", "dpo"}  # --no-watch: nothing happens by itself
+        args = ("--registry", str(storage), "--address", head_node.gcs)
+        published = _rayalign("serve", "publish", "late", *args, env=head_node.env)
+        assert published.returncode == 0, published.stderr[-3000:]
+        time.sleep(1.5)  # the ingress refreshes its model list every second
+        assert served_models(port) == {"sft", "dpo", "late"}
+        reply = _chat(url, "late")
+        assert reply.status_code == 200, reply.text
+        unknown = _rayalign("serve", "publish", "nope", *args, env=head_node.env)
+        assert unknown.returncode == 2 and "'nope' is not registered" in unknown.stderr
+        removed = _rayalign("serve", "remove", "late", *args, env=head_node.env)
+        assert removed.returncode == 0, removed.stderr[-3000:]
+        time.sleep(1.5)
+        assert served_models(port) == {"sft", "dpo"}
+
         serve.send_signal(signal.SIGINT)
-        try:
-            serve.wait(timeout=120)
-        except subprocess.TimeoutExpired:
+        out, _ = serve.communicate(timeout=120)
+        assert serve.returncode == 130, out[-3000:]
+        assert "[serve] shutting down" in out and "[serve] ready" in out
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/v1/models", timeout=5)
+    finally:
+        if serve.poll() is None:
             serve.kill()
+            serve.wait()
+
+
+def _chat(url: str, model: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        timeout=60,
+    )
+
+
+def _rayalign(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "rayalign"), *args], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def _wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        assert proc.poll() is None, f"rayalign serve exited early: {proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)

@@ -116,8 +116,11 @@ def test_rl_remote_reward_reads_the_served_reward_model(endpoint, rm_entry, easy
     assert served == pytest.approx(local.tolist(), abs=1e-3)
 
 
-def test_publish_while_another_model_streams(endpoint, client):
-    from rayalign.registry import Registry
+def test_publish_while_another_model_streams_then_remove_while_requests_race(
+    endpoint, client, http
+):
+    """A model published while another streams, then removed while requests to it race
+    the removal (one engine start for both: half a minute on two cores)."""
     from serving.deploy import RegistryWatch
 
     results: list[tuple[int, str]] = []
@@ -162,8 +165,7 @@ def test_publish_while_another_model_streams(endpoint, client):
         assert time.time() < deadline, "the published model never appeared in /v1/models"
         time.sleep(0.5)
     _greedy(client, "late")
-    Registry(endpoint.registry).remove("late")  # the endpoint is shared by the package
-    assert RegistryWatch(endpoint.config).sync() == ([], ["late"])
+    _remove_while_requests_race(endpoint, client, http, "late")
 
 
 def test_a_lora_checkpoint_answers_like_it_measured(endpoint, client, lora_sft_entry, bare_data):
@@ -195,18 +197,17 @@ def test_a_lora_checkpoint_answers_like_it_measured(endpoint, client, lora_sft_e
         RegistryWatch(endpoint.config).sync()
 
 
-def test_removed_model_is_gone_others_stay(endpoint, client, http):
+def _remove_while_requests_race(endpoint, client, http, name: str) -> None:
+    """Remove the served model `name` (answered once, so the ingress holds a handle to it):
+    the other models stay."""
     from rayalign.registry import Registry
     from serving.deploy import RegistryWatch, remove
 
-    register_tiny(endpoint.registry, "temp", seed=3)
-    RegistryWatch(endpoint.config).sync()
-    _greedy(client, "temp")  # the ingress now holds a handle to it
     # Requests that race the removal, some before the ingress's served list (refreshed
     # every second) sees it: each gets its answer or a 404, never a 500 or a hang.
     replies: list[httpx.Response | BaseException] = []
     removed = threading.Event()
-    body = {"model": "temp", "messages": QUESTION, "max_tokens": 2}
+    body = {"model": name, "messages": QUESTION, "max_tokens": 2}
 
     def keep_asking():
         quiet_since = None
@@ -223,8 +224,8 @@ def test_removed_model_is_gone_others_stay(endpoint, client, http):
     for asker in askers:
         asker.start()
     try:
-        Registry(endpoint.registry).remove("temp")
-        assert RegistryWatch(endpoint.config).sync() == ([], ["temp"])
+        Registry(endpoint.registry).remove(name)
+        assert RegistryWatch(endpoint.config).sync() == ([], [name])
     finally:
         removed.set()
         for asker in askers:
@@ -238,9 +239,9 @@ def test_removed_model_is_gone_others_stay(endpoint, client, http):
         if reply.status_code == 404:
             assert reply.json()["error"]["code"] == "model_not_found"
     with pytest.raises(openai.NotFoundError):
-        _greedy(client, "temp")
+        _greedy(client, name)
     _greedy(client, "base")
-    assert remove("temp") is False
+    assert remove(name) is False
 
 
 ROUTES = [
