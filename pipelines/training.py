@@ -10,6 +10,7 @@ and registration in the run registry.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from ray.train.torch import TorchConfig, TorchTrainer
 from transformers import Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
@@ -232,13 +234,12 @@ def _fit(stage: Stage, config: StageConfig, run_dir: Path) -> tuple[str, dict[st
     final checkpoint's path and the last logged training metrics."""
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     resources = {"CPU": config.resources.cpus_per_worker, **config.resources.custom_resources}
     if config.resources.use_gpu:
         resources["GPU"] = 1
-    trainer = TorchTrainer(
+    trainer = _StoppableTrainer(
         _worker_loop,
         # The Stage's functions travel by reference: the worker imports the stage module.
         train_loop_config={"stage": stage, "config": config.model_dump(mode="json")},
@@ -262,6 +263,7 @@ def _fit(stage: Stage, config: StageConfig, run_dir: Path) -> tuple[str, dict[st
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
+        trainer.stop()  # before naming the kept checkpoint: no commit comes after it
         logger.info(f"[{stage.name}] interrupted: {kept_checkpoint(run_dir)}")
         raise
     metrics = {
@@ -270,6 +272,33 @@ def _fit(stage: Stage, config: StageConfig, run_dir: Path) -> tuple[str, dict[st
         if k != "final" and isinstance(v, int | float)
     }
     return _final_checkpoint_path(result), metrics
+
+
+class _StoppableTrainer(TorchTrainer):
+    """A `TorchTrainer` whose run `stop()` ends: SIGINT and SIGTERM reach the driver as
+    KeyboardInterrupt (rayalign.interrupts), and the driver then stops the controller and
+    its workers before it says which checkpoint it kept. Without this, the workers went on
+    training until the driver's process was gone and committed checkpoints after the one
+    the driver had named (seen in CI: "kept checkpoint-000080", then 100 and 120).
+
+    Written against Ray 2.60's Train V2, where `fit()` hands the controller it starts to
+    `_register_sigint_handler` (on the main thread only). Ray's handler, which aborts the
+    run on SIGINT and then exits 0, is not installed: both signals take rayalign's path.
+    """
+
+    _controller = None
+
+    def _register_sigint_handler(self, controller) -> None:
+        self._controller = controller
+
+    def stop(self) -> None:
+        import ray
+
+        if self._controller is None:
+            return
+        # abort stops the workers, then the controller exits (the call may not return)
+        with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            ray.get(self._controller.abort.remote(), timeout=120)
 
 
 def finished_final(run_dir: Path, max_steps: int | None) -> str | None:
