@@ -1,7 +1,8 @@
 """PolicyLearner: holds the policy (and the critic for PPO) and runs the RL update.
 
-Data-parallel over `world_size` learner actors: each takes its shard of every
-minibatch, gradients are averaged with torch.distributed (gloo on CPU, NCCL on GPU).
+Data-parallel over `world_size` learner actors (`actors.data_parallel`): each trains on
+its shard of every minibatch under torch DDP (gloo on CPU, NCCL on GPU), weighted so that
+every optimizer step is the one a single learner would take on the whole minibatch.
 """
 
 from __future__ import annotations
@@ -11,9 +12,16 @@ import os
 
 import torch
 
+from actors import data_parallel
 from actors.batches import TrainBatch
 from actors.weight_sync import WeightSender, export_weights
 from rayalign import rl_math
+from rayalign.models.loading import (
+    checkpoint_activations,
+    load_causal_lm,
+    load_tokenizer,
+    load_value_model,
+)
 from rayalign.models.logprobs import sequence_logprobs
 from rayalign.models.lora import is_peft, save_merged, with_adapters
 from rayalign.rl_config import RLConfig
@@ -49,8 +57,6 @@ class PolicyLearner(WeightSender):
         seed: int = 0,
         dtype: str = "float32",
     ) -> None:
-        from rayalign.models.loading import checkpoint_activations, load_causal_lm, load_tokenizer
-
         torch.manual_seed(seed)
         self.rl = rl
         self.rank, self.world_size = rank, world_size
@@ -82,40 +88,28 @@ class PolicyLearner(WeightSender):
         )
         self.critic = None
         if critic_path is not None:
-            from transformers import AutoModelForTokenClassification
-
-            from rayalign.models.loading import DTYPES
-
-            self.critic = AutoModelForTokenClassification.from_pretrained(
-                critic_path, num_labels=1, dtype=DTYPES[dtype]
-            ).to(self.device)
-            self.critic.config.pad_token_id = self.pad_id
+            critic = load_value_model(critic_path, pad_token_id=self.pad_id, dtype=dtype)
+            self.critic = critic.to(self.device)
             if rl.gradient_checkpointing:
                 checkpoint_activations(self.critic)
             self.critic_optimizer = torch.optim.AdamW(
                 self.critic.parameters(), lr=rl.critic_learning_rate, weight_decay=0.0
             )
+        # What the training forward goes through: DDP wrappers once the ranks have met.
+        self.train_policy, self.train_critic = self.policy, self.critic
 
     # -- data-parallel rendezvous ---------------------------------------------
     def rendezvous_address(self) -> str:
         """host:port, free on this actor's node, for the process group (asked of rank 0)."""
-        import socket
-
-        import ray
-
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return f"{ray.util.get_node_ip_address()}:{port}"
+        return data_parallel.rendezvous_address()
 
     def init_process_group(self, master: str) -> None:
-        """Join the learners' process group at rank 0's `master` address (all ranks at once)."""
-        import torch.distributed as dist
-
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(
-            backend, init_method=f"tcp://{master}", rank=self.rank, world_size=self.world_size
-        )
+        """Join the learners' process group at rank 0's `master` address (all ranks at
+        once) and train the policy and the critic under DDP from then on."""
+        data_parallel.join_group(master, self.rank, self.world_size)
+        self.train_policy = data_parallel.wrap(self.policy)
+        if self.critic is not None:
+            self.train_critic = data_parallel.wrap(self.critic)
 
     # -- forward passes -----------------------------------------------------
     @torch.no_grad()
@@ -128,11 +122,11 @@ class PolicyLearner(WeightSender):
         self.policy.train()
         return out
 
-    def _values(self, prompt_ids, completion_ids) -> torch.Tensor:
+    def _values(self, prompt_ids, completion_ids, critic=None) -> torch.Tensor:
         from rayalign.models.logprobs import gather_completions, pad_sequences
 
         input_ids, attention, cmask = pad_sequences(prompt_ids, completion_ids, self.pad_id)
-        per_position = self.critic(
+        per_position = (critic or self.critic)(
             input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
         ).logits
         # The value of the state before token t is read at the position that predicts it.
@@ -151,16 +145,6 @@ class PolicyLearner(WeightSender):
     def _shard(self, batch: TrainBatch) -> TrainBatch:
         idx = list(range(self.rank, len(batch.prompt_ids), self.world_size))
         return batch.select(idx)
-
-    def _allreduce_grads(self, model: torch.nn.Module) -> None:
-        if self.world_size == 1:
-            return
-        import torch.distributed as dist
-
-        for p in model.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad /= self.world_size
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
         """PPO/GRPO update on this rank's shard: `rl.epochs` passes over minibatches.
@@ -181,31 +165,36 @@ class PolicyLearner(WeightSender):
         """
         rl = self.rl
         shard = self._shard(batch)
+        # Fewer rows than ranks: this one steps along on a row weighed zero.
+        idle = not shard.prompt_ids
+        shard = batch.select([0]) if idle else shard
         fresh = shard.fresh_rows()
         weights = None
         if self.old_logprobs_mode() == "sampling":
             old_logp, gap = shard.behaviour_logprobs, None
         else:
             old_logp = self.logprobs(shard.prompt_ids, shard.completion_ids, rl.temperature)
-            gap = self._mismatch(old_logp, shard, fresh)
+            gap = self._mismatch(old_logp, shard, fresh * (not idle))
             if rl.async_mode:
                 weights = rl_math.truncated_importance_weights(
                     old_logp, shard.behaviour_logprobs, rl.importance_cap
                 )
         metrics: dict[str, list[float]] = {}
-        n = len(shard.prompt_ids)
-        per_rank_mb = max(1, rl.minibatch_size // self.world_size)
+        # The same number of optimizer steps on every rank, however uneven the shards; a
+        # rank without rows in a minibatch steps on a borrowed one weighed zero.
+        count = data_parallel.minibatch_count(len(batch.prompt_ids), rl.minibatch_size)
         generator = torch.Generator().manual_seed(0)
         for _ in range(rl.epochs):
-            order = torch.randperm(n, generator=generator).tolist()
-            for start in range(0, n, per_rank_mb):
-                idx = order[start : start + per_rank_mb]
+            order = torch.randperm(len(shard.prompt_ids), generator=generator).tolist()
+            for idx in data_parallel.minibatches(order, count):
+                rows = idx or [0]
                 step = self._minibatch_step(
-                    shard.select(idx),
-                    old_logp[idx],
-                    None if weights is None else weights[idx],
+                    shard.select(rows),
+                    old_logp[rows],
+                    None if weights is None else weights[rows],
                     gap,
-                    fresh[idx],
+                    fresh[rows],
+                    empty=idle or not idx,
                 )
                 gap = step.pop("logprob_mismatch")
                 for k, v in step.items():
@@ -257,7 +246,9 @@ class PolicyLearner(WeightSender):
 
         input_ids, attention, cmask = pad_sequences(mb.prompt_ids, mb.completion_ids, self.pad_id)
         input_ids = input_ids.to(self.device)
-        logits = self.policy(input_ids=input_ids, attention_mask=attention.to(self.device)).logits
+        logits = self.train_policy(
+            input_ids=input_ids, attention_mask=attention.to(self.device)
+        ).logits
         t = self.rl.temperature
         lengths = [len(c) for c in mb.completion_ids]
         logp = gather_completions(token_logprobs(logits, input_ids, t).cpu(), cmask, lengths)
@@ -307,14 +298,19 @@ class PolicyLearner(WeightSender):
             metrics.update(kl_metrics)
         return loss, metrics, logp
 
-    def _micro_batches(self, mb: TrainBatch):
-        """(rows, (sequence share, token share)) of each `rl.micro_batch_size` slice of `mb`."""
+    def _micro_batches(self, mb: TrainBatch, counts: tuple[float, float], empty: bool = False):
+        """(rows, (sequence share, token share), last) of each `rl.micro_batch_size` slice
+        of `mb`. The shares are of the minibatch over every rank (`counts`: its sequences
+        and tokens there), times the world size that DDP's average divides by; zero for a
+        rank's `empty` stand-in row."""
         n = len(mb.prompt_ids)
         size = self.rl.micro_batch_size or n
-        tokens = float(mb.mask.sum().clamp(min=1.0))
+        seqs, tokens = counts
+        scale = 0.0 if empty else float(self.world_size)
         for start in range(0, n, size):
             rows = list(range(start, min(n, start + size)))
-            yield rows, (len(rows) / n, float(mb.mask[rows].sum()) / tokens)
+            shares = (scale * len(rows) / seqs, scale * float(mb.mask[rows].sum()) / tokens)
+            yield rows, shares, start + size >= n
 
     def _minibatch_step(
         self,
@@ -323,20 +319,26 @@ class PolicyLearner(WeightSender):
         weights: torch.Tensor | None,
         gap: float | None,
         fresh: torch.Tensor,
+        empty: bool = False,
     ) -> dict[str, float]:
-        """One optimizer step on `mb`, its gradient accumulated over micro-batches. With
-        `gap` None (pi_old from sampling, first minibatch) the forward's log-probs are
-        checked against vLLM's before the step; the gap is returned as logprob_mismatch."""
+        """One optimizer step on this rank's rows `mb` of a minibatch, its gradient
+        accumulated over micro-batches and averaged over the ranks. With `gap` None (pi_old
+        from sampling, first minibatch) the forward's log-probs are checked against vLLM's
+        before the step; the gap is returned as logprob_mismatch. `empty`: this rank has no
+        row in the minibatch and `mb` is a stand-in weighed zero."""
         self.optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {"policy_loss": 0.0}
         check = gap is None
         totals = torch.zeros(2, dtype=torch.float64)
-        for rows, shares in self._micro_batches(mb):
+        counts = data_parallel.global_counts(mb.mask[:0] if empty else mb.mask, self.world_size)
+        fresh = fresh * (not empty)
+        for rows, shares, last in self._micro_batches(mb, counts, empty):
             micro = mb.select(rows)
-            loss, micro_metrics, logp = self._policy_loss(
-                micro, old_logp[rows], None if weights is None else weights[rows], shares
-            )
-            loss.backward()
+            with data_parallel.grad_sync(self.train_policy, last):
+                loss, micro_metrics, logp = self._policy_loss(
+                    micro, old_logp[rows], None if weights is None else weights[rows], shares
+                )
+                loss.backward()
             metrics["policy_loss"] += loss.item()
             for k, v in micro_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v * shares[1]
@@ -344,34 +346,36 @@ class PolicyLearner(WeightSender):
                 totals += self._gap_totals(logp, micro, fresh[rows])
         if check:
             gap = self._check_gap(totals)
-        self._allreduce_grads(self.policy)
         metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0).item()
         self.optimizer.step()
         if self.critic is not None and mb.returns is not None:
-            metrics.update(self._critic_step(mb))
+            metrics.update(self._critic_step(mb, counts, empty))
         metrics["logprob_mismatch"] = gap
         return metrics
 
-    def _critic_step(self, mb: TrainBatch) -> dict[str, float]:
-        """One critic optimizer step on `mb`, accumulated over micro-batches."""
+    def _critic_step(
+        self, mb: TrainBatch, counts: tuple[float, float], empty: bool = False
+    ) -> dict[str, float]:
+        """One critic optimizer step on `mb`, accumulated over micro-batches and averaged
+        over the ranks as the policy's step is."""
         self.critic_optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {"value_loss": 0.0}
-        for rows, (_, token_share) in self._micro_batches(mb):
+        for rows, (_, token_share), last in self._micro_batches(mb, counts, empty):
             micro = mb.select(rows)
-            values = self._values(micro.prompt_ids, micro.completion_ids)
-            T = values.shape[1]
-            vloss, micro_metrics = rl_math.value_loss(
-                values,
-                micro.old_values[:, :T],
-                micro.returns[:, :T],
-                micro.mask[:, :T],
-                self.rl.value_clip_eps,
-            )
-            (self.rl.value_coef * vloss * token_share).backward()
+            with data_parallel.grad_sync(self.train_critic, last):
+                values = self._values(micro.prompt_ids, micro.completion_ids, self.train_critic)
+                T = values.shape[1]
+                vloss, micro_metrics = rl_math.value_loss(
+                    values,
+                    micro.old_values[:, :T],
+                    micro.returns[:, :T],
+                    micro.mask[:, :T],
+                    self.rl.value_clip_eps,
+                )
+                (self.rl.value_coef * vloss * token_share).backward()
             metrics["value_loss"] += vloss.item() * token_share
             for k, v in micro_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v * token_share
-        self._allreduce_grads(self.critic)
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), 1.0)
         self.critic_optimizer.step()
         return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -120,46 +121,34 @@ class HeadNode(NamedTuple):
     gcs: str  # the address ray.init() and `rayalign ... --address` take
 
 
-@contextmanager
-def local_head_node(
-    num_cpus: int | None = None, timeout_s: float = 180, env: dict[str, str] | None = None
-) -> Iterator[HeadNode]:
-    """A `ray start --head` cluster on loopback for the duration of the block. Every port
-    is a free one, so it never collides with another cluster on the machine. `env` is
-    the environment of the cluster's processes (job entrypoints included).
+def _node_ports(head: bool) -> dict[str, int]:
+    """A free port for each of a local node's listeners that would otherwise take a fixed
+    default (two nodes on one machine would collide)."""
+    names = [
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+    ]
+    if head:
+        names += ["port", "dashboard-port", "ray-client-server-port"]
+    return {name: free_port() for name in names}
 
-    Ray's token auth is on (`with_token_auth`), for the cluster and for this process's
-    clients of it, unless `env` says RAY_AUTH_MODE=disabled.
-    """
+
+def _start_node(args: list[str], ports: dict[str, int], env: dict[str, str]):
+    """`ray start --block ARGS` with `ports`, in a session of its own."""
     ray_bin = str(Path(sys.executable).parent / "ray")
-    dash_port = free_port()
-    ports = {
-        "port": free_port(),
-        "dashboard-port": dash_port,
-        "dashboard-agent-listen-port": free_port(),
-        "dashboard-agent-grpc-port": free_port(),
-        "metrics-export-port": free_port(),
-        "ray-client-server-port": free_port(),
-        "runtime-env-agent-port": free_port(),
-    }
-    env = with_token_auth(os.environ if env is None else env)
-    env.pop("RAY_ADDRESS", None)
-    if env.get(AUTH_MODE_ENV) == "token":
-        use_token_auth()
-    # Ray counts CPUs logically: declare enough for a stage's actors on a small machine.
-    cpus = num_cpus or max(8, os.cpu_count() or 1)
-    head = subprocess.Popen(
+    return subprocess.Popen(
         [
             ray_bin,
             "start",
-            "--head",
             "--block",
             "--node-ip-address=127.0.0.1",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--num-cpus={cpus}",
             # A short temp dir: Ray's Unix sockets live under it (paths are capped at 107 bytes).
             f"--temp-dir={tempfile.mkdtemp(prefix='ra-', dir='/tmp')}",
+            *args,
             *(f"--{k}={v}" for k, v in ports.items()),
         ],
         env=env,
@@ -167,7 +156,52 @@ def local_head_node(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    address = f"http://127.0.0.1:{dash_port}"
+
+
+def _stop_node(node: subprocess.Popen) -> None:
+    if node.poll() is None:
+        os.killpg(node.pid, signal.SIGTERM)
+        try:
+            # A throwaway cluster: a short grace, then everything in its session goes
+            # (`ray start --block` does not exit on SIGTERM by itself; the raylet and
+            # GCS have ended by then, and runs keep their state in their own storage).
+            node.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
+
+
+def _cluster_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    env = with_token_auth(os.environ if env is None else env)
+    env.pop("RAY_ADDRESS", None)
+    if env.get(AUTH_MODE_ENV) == "token":
+        use_token_auth()
+    return env
+
+
+@contextmanager
+def local_head_node(
+    num_cpus: int | None = None,
+    timeout_s: float = 180,
+    env: dict[str, str] | None = None,
+    resources: Mapping[str, float] | None = None,
+) -> Iterator[HeadNode]:
+    """A `ray start --head` cluster on loopback for the duration of the block. Every port
+    is a free one, so it never collides with another cluster on the machine. `env` is
+    the environment of the cluster's processes (job entrypoints included); `resources`
+    the head's custom resources.
+
+    Ray's token auth is on (`with_token_auth`), for the cluster and for this process's
+    clients of it, unless `env` says RAY_AUTH_MODE=disabled.
+    """
+    ports = _node_ports(head=True)
+    env = _cluster_env(env)
+    # Ray counts CPUs logically: declare enough for a stage's actors on a small machine.
+    cpus = num_cpus or max(8, os.cpu_count() or 1)
+    args = ["--head", "--include-dashboard=true", "--dashboard-host=127.0.0.1"]
+    args += [f"--num-cpus={cpus}", f"--resources={json.dumps(dict(resources or {}))}"]
+    head = _start_node(args, ports, env)
+    address = f"http://127.0.0.1:{ports['dashboard-port']}"
     token = auth_token(env)
     version = urllib.request.Request(
         f"{address}/api/version", headers={"Authorization": f"Bearer {token}"} if token else {}
@@ -184,13 +218,52 @@ def local_head_node(
                 time.sleep(1)
         yield HeadNode(address, f"127.0.0.1:{ports['port']}")
     finally:
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGTERM)
-            try:
-                # A throwaway cluster: a short grace, then everything in its session goes
-                # (`ray start --block` does not exit on SIGTERM by itself; the raylet and
-                # GCS have ended by then, and runs keep their state in their own storage).
-                head.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-                head.wait()
+        _stop_node(head)
+
+
+@contextmanager
+def local_worker_node(
+    head: HeadNode,
+    name: str,
+    num_cpus: int,
+    resources: Mapping[str, float] | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120,
+) -> Iterator[str]:
+    """Another node of `head`'s cluster on this machine (`ray start --address`), with its
+    own temp dir, ports, CPUs and custom `resources`, for the block. Yields its node id
+    once the cluster lists it alive (it carries the label `rayalign-node=NAME`). `env` as
+    for `local_head_node`."""
+    env = _cluster_env(env)
+    args = [f"--address={head.gcs}", f"--num-cpus={num_cpus}", f"--labels=rayalign-node={name}"]
+    args.append(f"--resources={json.dumps(dict(resources or {}))}")
+    node = _start_node(args, _node_ports(head=False), env)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ids = [
+                n["node_id"]
+                for n in alive_nodes(head, env)
+                if n.get("labels", {}).get("rayalign-node") == name
+            ]
+            if ids:
+                break
+            if node.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"local Ray node {name} did not join the cluster at {head.gcs}")
+            time.sleep(0.5)
+        yield ids[0]
+    finally:
+        _stop_node(node)
+
+
+def alive_nodes(head: HeadNode, env: Mapping[str, str] | None = None) -> list[dict]:
+    """The cluster's alive nodes as its dashboard's state API lists them (node_id,
+    is_head_node, resources_total...)."""
+    token = auth_token(os.environ if env is None else env)
+    request = urllib.request.Request(
+        f"{head.jobs}/api/v0/nodes?limit=1000&detail=true",
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        nodes = json.load(reply)["data"]["result"]["result"]
+    return [n for n in nodes if n["state"] == "ALIVE"]

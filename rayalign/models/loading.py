@@ -47,6 +47,18 @@ def load_causal_lm(
     return model.eval()
 
 
+def load_value_model(name_or_path: str, *, pad_token_id: int, dtype: str = "float32"):
+    """A token-level value head on `name_or_path`'s trunk (PPO's critic): one scalar per
+    position. A reward-model or policy checkpoint starts it; its own head is new."""
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(
+        name_or_path, num_labels=1, dtype=DTYPES[dtype]
+    )
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
 def checkpoint_activations(model) -> None:
     """Keep only each decoder layer's input in the forward pass and recompute the rest in
     the backward pass (non-reentrant: the gradients are the same)."""
