@@ -49,6 +49,9 @@ ABOUT = {
     "merged weights reloaded into a plain engine against the adapters alone loaded into a "
     "LoRA engine (bytes and seconds per sync), and each engine's sampling time for the same "
     "prompts. Ratios: adapters / merged.",
+    "learner_parallel": "One RL update of the same batch by one learner with every CPU and by "
+    "two data-parallel learners (torch DDP, gloo) with half each, as Ray actors; the first "
+    "update's loss and gradient norm of both (the same step).",
     "learner_efficiency": "The RL learner's update (forward/backward; pi_old from sampling): training "
     "tokens/s and achieved FLOP/s as a fraction of measured float32 matmul FLOP/s.",
 }

@@ -18,6 +18,7 @@ BENCHMARKS = [
     ["bench.offline_overhead"],
     ["bench.learner_efficiency"],
     ["bench.learner_memory"],
+    ["bench.learner_parallel"],
     ["bench.lora_sync"],
     ["bench.soak"],
 ]

@@ -130,7 +130,9 @@ class ReferenceActorConfig(Strict):
 
 class LearnerConfig(Strict):
     num_learners: int = Field(
-        1, ge=1, description="Data-parallel learner actors (gloo on CPU, NCCL on GPU)."
+        1,
+        ge=1,
+        description="Data-parallel learner actors under torch DDP (gloo on CPU, NCCL on GPU).",
     )
     cpus_per_learner: float = Field(1.0, gt=0, description="Logical CPUs per learner.")
     gpus_per_learner: float = Field(0.0, ge=0, description="GPUs per learner.")

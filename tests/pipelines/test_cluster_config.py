@@ -43,6 +43,8 @@ def test_node_types_are_consistent():
     start = " ".join(CLUSTER["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in start
     assert any("rayalign[gpu" in c for c in CLUSTER["setup_commands"])
+    # The autoscaler on the head reaches EC2 through boto3.
+    assert any("boto3" in c for c in CLUSTER["head_setup_commands"])
 
 
 def _stage_config(path: Path):
