@@ -151,9 +151,14 @@ class SafetyStageConfig(Strict):
         "appends to the run's data directory; a rerun continues after the last append.",
     )
 
+    @model_validator(mode="after")
+    def _storage_on_a_filesystem(self) -> SafetyStageConfig:
+        self.run.local_run_dir("safety")
+        return self
+
     @property
     def run_dir(self) -> Path:
-        return Path(self.run.storage_path).resolve() / self.run.name
+        return self.run.local_run_dir("safety")
 
 
 class CriticSpec(ChatModelSpec):

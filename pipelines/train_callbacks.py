@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
+
+from rayalign import storage
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +60,17 @@ class ResumableTensorBoard(TensorBoardCallback):
 
 
 def resume_dir(checkpoint) -> str | None:
-    """The HF checkpoint directory to resume from, if Ray Train has one."""
+    """The HF checkpoint directory to resume from, if Ray Train has one: on local storage
+    the persisted directory itself, from object storage a copy on this node."""
+    import pyarrow.fs as pafs
+
     if checkpoint is None:
         return None
-    path = checkpoint.path  # local storage: the persisted directory itself
+    path = checkpoint.path
+    if not isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        # Under its own name: a resumed final checkpoint is told apart by it.
+        local = Path(tempfile.mkdtemp(prefix="rayalign-resume-")) / Path(path).name
+        path = checkpoint.to_directory(str(local))
     return path if (Path(path) / "trainer_state.json").exists() else None
 
 
@@ -70,12 +80,10 @@ def resume_step(resume: str | None) -> int:
     return int(json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"])
 
 
-def record_attempt(run_dir: Path, resume: str | None, world_size: int) -> None:
+def record_attempt(run_dir: Path | str, resume: str | None, world_size: int) -> None:
     """Append which step this (re)start of the worker group begins at to attempts.jsonl."""
     step = resume_step(resume)
     if resume:
         logger.info(f"[rayalign] resuming from {resume} at step {step}")
-    with open(run_dir / "attempts.jsonl", "a") as f:
-        f.write(
-            json.dumps({"time": time.time(), "start_step": step, "world_size": world_size}) + "\n"
-        )
+    line = json.dumps({"time": time.time(), "start_step": step, "world_size": world_size})
+    storage.append_text(storage.join(run_dir, "attempts.jsonl"), line + "\n")

@@ -37,6 +37,7 @@ from pipelines.train_callbacks import (
 )
 from pipelines.trainer_inputs import check_trainer_args, parameter_counts, stage_args
 from pipelines.training_config import StageConfig
+from rayalign import storage
 from rayalign.cluster import init_ray
 from rayalign.config import resolve_local
 from rayalign.data.sources import resolve_source
@@ -86,7 +87,10 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     output_dir = tempfile.mkdtemp(prefix=f"rayalign-{stage.name}-rank{rank}-")
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(config.run_dir / "tensorboard")
+    # TensorBoard writes local files: into the run's folder, or one uploaded at the end.
+    tensorboard = storage.join(config.run_dir, "tensorboard")
+    local_tensorboard = tempfile.mkdtemp() if storage.is_uri(tensorboard) else tensorboard
+    os.environ["TENSORBOARD_LOGGING_DIR"] = local_tensorboard
     trainer = stage.build_trainer(config, stage_args(stage, config, output_dir))
     counts = parameter_counts(trainer.model)
     if rank == 0:
@@ -108,6 +112,8 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     if rank == 0:
         record_attempt(config.run_dir, resume, ctx.get_world_size())
     trainer.train(resume_from_checkpoint=resume)
+    if rank == 0 and local_tensorboard != tensorboard:
+        storage.upload(local_tensorboard, tensorboard)
 
     # The final checkpoint: weights, config, tokenizer and trainer state, no optimizer.
     final = Path(output_dir) / FINAL_DIR
@@ -191,25 +197,25 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
     config = absolute_local_paths(config)
     stage.validate_data(config)  # bad data stops here, before any worker or checkpoint
     check_trainer_args(stage, config)
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(
-        json.dumps({"stage": stage.name, **config.model_dump(mode="json")}, indent=2)
+    run_dir = config.run_dir  # a local folder or a URI in object storage
+    storage.write_text(
+        storage.join(run_dir, "config.json"),
+        json.dumps({"stage": stage.name, **config.model_dump(mode="json")}, indent=2),
     )
     init_ray(config.resources.num_workers * config.resources.cpus_per_worker + 1)
 
     final_path = finished_final(run_dir, config.training.max_steps)
     if final_path:  # a rerun of a finished run: training again would add a step
         logger.info(f"[{stage.name}] {final_path} is finished already; measuring it again")
-        previous = run_dir / "result.json"
-        trained = _read_json(previous).get("metrics", {}) if previous.exists() else {}
+        previous = storage.join(run_dir, "result.json")
+        trained = _read_json(previous).get("metrics", {}) if storage.exists(previous) else {}
     else:
         final_path, trained = _fit(stage, config, run_dir)
-    step = int(_read_json(Path(final_path) / "trainer_state.json")["global_step"])
+    step = int(_read_json(storage.join(final_path, "trainer_state.json"))["global_step"])
     logger.info(f"[{stage.name}] trained {step} steps; measuring {final_path}")
     metrics = {
         **trained,
-        **ray.get(ray.remote(num_cpus=1)(stage.measure).remote(config, final_path)),
+        **ray.get(ray.remote(num_cpus=1)(_measure).remote(stage, config, final_path)),
     }
     entry = RegistryEntry(
         name=config.register_as or config.run.name,
@@ -220,8 +226,8 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
         step=step,
         metrics=metrics,
     )
-    Registry(run_dir.parent).register(entry)
-    (run_dir / "result.json").write_text(json.dumps(entry.__dict__, indent=2))
+    Registry(storage.parent(run_dir)).register(entry)
+    storage.write_text(storage.join(run_dir, "result.json"), json.dumps(entry.__dict__, indent=2))
     logger.info(
         f"[{stage.name}] registered {entry.name!r}: "
         + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
@@ -229,7 +235,12 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
     return entry
 
 
-def _fit(stage: Stage, config: StageConfig, run_dir: Path) -> tuple[str, dict[str, float]]:
+def _measure(stage: Stage, config: StageConfig, checkpoint: str) -> dict[str, float]:
+    """The stage's held-out metrics of `checkpoint` (a Ray task: a copy on its node)."""
+    return stage.measure(config, storage.local_copy(checkpoint))
+
+
+def _fit(stage: Stage, config: StageConfig, run_dir) -> tuple[str, dict[str, float]]:
     """Train on Ray Train (resuming from the latest committed checkpoint). Returns the
     final checkpoint's path and the last logged training metrics."""
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
@@ -251,7 +262,7 @@ def _fit(stage: Stage, config: StageConfig, run_dir: Path) -> tuple[str, dict[st
         ),
         run_config=RayRunConfig(
             name=config.run.name,
-            storage_path=str(run_dir.parent),
+            storage_path=storage.parent(run_dir),
             failure_config=FailureConfig(max_failures=config.training.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.training.keep_checkpoints + 1),
             # Ray Train's print patch logs every print a second time, and also the prints
@@ -271,7 +282,7 @@ def _fit(stage: Stage, config: StageConfig, run_dir: Path) -> tuple[str, dict[st
         for k, v in (result.metrics or {}).items()
         if k != "final" and isinstance(v, int | float)
     }
-    return _final_checkpoint_path(result), metrics
+    return _final_checkpoint_path(result, run_dir), metrics
 
 
 class _StoppableTrainer(TorchTrainer):
@@ -301,48 +312,50 @@ class _StoppableTrainer(TorchTrainer):
             ray.get(self._controller.abort.remote(), timeout=120)
 
 
-def finished_final(run_dir: Path, max_steps: int | None) -> str | None:
+def finished_final(run_dir: Path | str, max_steps: int | None) -> str | None:
     """The run's final checkpoint if Ray Train committed it with all `max_steps` steps
     (all the steps that its epochs came to, when `max_steps` is None)."""
     latest = _latest_committed(run_dir)
     if latest is None or latest[0] != FINAL_DIR:
         return None
-    final = run_dir / FINAL_DIR
+    final = storage.join(run_dir, FINAL_DIR)
     try:
-        state = _read_json(final / "trainer_state.json")
+        state = _read_json(storage.join(final, "trainer_state.json"))
         step, planned = int(state["global_step"]), int(state["max_steps"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return str(final) if step >= (planned if max_steps is None else max_steps) else None
+    return final if step >= (planned if max_steps is None else max_steps) else None
 
 
-def _latest_committed(run_dir: Path) -> tuple[str, Any] | None:
+def _latest_committed(run_dir: Path | str) -> tuple[str, Any] | None:
     """(directory name, step) of Ray Train's last committed checkpoint, if any."""
     try:
-        latest = _read_json(run_dir / "checkpoint_manager_snapshot.json")
+        latest = _read_json(storage.join(run_dir, "checkpoint_manager_snapshot.json"))
         latest = latest["latest_checkpoint_result"]
         return latest["checkpoint_dir_name"], latest["metrics"].get("step")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+def _read_json(path: Path | str) -> dict:
+    return json.loads(storage.read_text(path))
 
 
-def kept_checkpoint(run_dir: Path) -> str:
+def kept_checkpoint(run_dir: Path | str) -> str:
     """What a rerun of the stage resumes from: Ray Train's last committed checkpoint."""
     latest = _latest_committed(run_dir)
     if latest is None:
         return "no checkpoint committed yet; a rerun starts at step 0"
     name, step = latest
-    return f"kept {run_dir / name} (step {step}); rerun the same command to resume from it"
+    return f"kept {storage.join(run_dir, name)} (step {step}); rerun the same command to resume from it"
 
 
-def _final_checkpoint_path(result) -> str:
+def _final_checkpoint_path(result, run_dir: Path | str) -> str:
+    """Where Ray Train put the final checkpoint, as the run's storage names it (Ray's own
+    `Checkpoint.path` drops a URI's scheme)."""
     if result.error is not None:
         raise result.error
     ckpt = result.checkpoint
     if ckpt is None or Path(ckpt.path).name != FINAL_DIR:
         raise RuntimeError(f"training finished without a final checkpoint (latest: {ckpt})")
-    return ckpt.path
+    return storage.join(run_dir, FINAL_DIR)

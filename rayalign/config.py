@@ -123,9 +123,23 @@ class RunConfig(Strict):
         pattern=r"^[A-Za-z0-9._-]+$",
     )
     storage_path: str = Field(
-        "runs", description="Directory (or URI) holding runs, checkpoints and the registry."
+        "runs",
+        description="Directory or object-storage URI (s3://bucket/prefix, gs://...) holding "
+        "runs, checkpoints and the registry. URIs: the offline stages (sft, reward_model, "
+        "dpo, kto) so far; RL and the safety stages need a local or shared filesystem.",
     )
     seed: int = Field(0, description="Random seed for data order and initialisation.")
+
+    def local_run_dir(self, stage: str) -> Path:
+        """The run's folder for a stage that keeps it on a filesystem (mounted on every
+        node); a URI is refused by name."""
+        if "://" in self.storage_path:
+            raise ValueError(
+                f"run.storage_path {self.storage_path!r}: the {stage} stage keeps its run on "
+                "a local or shared filesystem so far; object storage works for the offline "
+                "stages (sft, reward_model, dpo, kto), whose checkpoints it can start from"
+            )
+        return Path(self.storage_path).resolve() / self.name
 
 
 class ResourcesConfig(Strict):

@@ -1,25 +1,28 @@
 """The run registry: which checkpoints exist, from which stage, with which metrics.
 
-One JSON file per pipeline storage path (`<storage_path>/registry.json`). Stages
-add an entry when they finish; the Serve app reads it. Writes hold a file lock and
-replace the file atomically, so concurrent stages never lose each other's entries.
-Datasets that stages generate (RLAIF pairs, constitutional revisions) are registered
-in the same file, in a section of their own that the Serve app does not read.
+One registry per pipeline storage path (a local folder or a URI, `rayalign.storage`):
+each entry is a JSON object of its own, `<storage_path>/registry/checkpoints/<name>.json`,
+written whole and atomically (a renamed temp file, or one object PUT). Registrations from
+several processes, on several nodes, never read-modify-write a shared file, so none loses
+another's entry, and no lock is needed where object storage has none. Datasets that
+stages generate (RLAIF pairs, constitutional revisions) are registered beside them
+(`registry/datasets/`), where the Serve app does not look. A `registry.json` written by
+an earlier rayalign is read and moved into that layout on the first write.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, unquote
 
-from rayalign.data.io import write_atomic
+from rayalign import storage
 
-REGISTRY_FILE = "registry.json"
+REGISTRY_DIR = "registry"
+LEGACY_FILE = "registry.json"  # one file of every entry, before the per-entry layout
 Kind = Literal["chat", "reward"]
 
 
@@ -74,75 +77,75 @@ class DatasetEntry:
 
 
 class Registry:
-    """The registry file under a storage path."""
+    """The registry under a storage path (a local folder or a URI)."""
 
     def __init__(self, storage_path: str | Path) -> None:
-        self.root = Path(storage_path)
-        self.path = self.root / REGISTRY_FILE
+        self.root = storage.resolve(storage_path)
+        self.location = storage.join(self.root, REGISTRY_DIR)
 
-    @contextmanager
-    def _locked(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / (REGISTRY_FILE + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _folder(self, section: str) -> str:
+        return storage.join(self.location, section)
 
-    def _raw(self) -> dict:
-        return json.loads(self.path.read_text()) if self.path.exists() else {}
+    def _file(self, section: str, name: str) -> str:
+        return storage.join(self._folder(section), quote(name, safe="") + ".json")
 
-    def _read(self) -> dict[str, RegistryEntry]:
-        raw = self._raw()
-        return {name: RegistryEntry(**entry) for name, entry in raw.get("checkpoints", {}).items()}
+    def _read(self, section: str, cls):
+        out = {}
+        for file in storage.list_names(self._folder(section)):
+            if file.endswith(".json"):
+                try:
+                    raw = json.loads(storage.read_text(storage.join(self._folder(section), file)))
+                except FileNotFoundError:  # removed since the listing
+                    continue
+                out[unquote(file[: -len(".json")])] = cls(**raw)
+        legacy = self._legacy().get(section, {})
+        return {**{n: cls(**e) for n, e in legacy.items()}, **out}
 
-    def _write(
-        self,
-        entries: dict[str, RegistryEntry],
-        datasets: dict[str, DatasetEntry] | None = None,
-    ) -> None:
-        """Replace the file atomically; `datasets=None` keeps the datasets section as it is."""
-        body = self._raw()
-        body["checkpoints"] = {name: asdict(e) for name, e in sorted(entries.items())}
-        if datasets is not None:
-            body["datasets"] = {name: asdict(e) for name, e in sorted(datasets.items())}
-        write_atomic(self.path, json.dumps(body, indent=2) + "\n")
+    def _legacy(self) -> dict:
+        path = storage.join(self.root, LEGACY_FILE)
+        try:
+            return json.loads(storage.read_text(path))
+        except FileNotFoundError:
+            return {}
+
+    def _write(self, section: str, entry) -> None:
+        self._migrate()
+        storage.write_text(self._file(section, entry.name), json.dumps(asdict(entry), indent=2))
+
+    def _migrate(self) -> None:
+        """Move a legacy `registry.json`'s entries into the per-entry layout (idempotent:
+        writers racing through it write the same objects)."""
+        legacy = self._legacy()
+        if not legacy:
+            return
+        for section in ("checkpoints", "datasets"):
+            for name, raw in legacy.get(section, {}).items():
+                file = self._file(section, name)
+                if not storage.exists(file):
+                    storage.write_text(file, json.dumps(raw, indent=2))
+        storage.write_text(storage.join(self.root, LEGACY_FILE + ".migrated"), json.dumps(legacy))
+        storage.remove(storage.join(self.root, LEGACY_FILE))
 
     def entries(self) -> dict[str, RegistryEntry]:
-        """All entries by name."""
-        with self._locked():
-            return self._read()
+        """All checkpoint entries by name."""
+        return self._read("checkpoints", RegistryEntry)
 
     def get(self, name: str) -> RegistryEntry | None:
         return self.entries().get(name)
 
     def register(self, entry: RegistryEntry) -> None:
         """Add or replace the entry named `entry.name`."""
-        with self._locked():
-            entries = self._read()
-            entries[entry.name] = entry
-            self._write(entries)
+        self._write("checkpoints", entry)
 
     def datasets(self) -> dict[str, DatasetEntry]:
         """All registered datasets by name."""
-        with self._locked():
-            raw = self._raw().get("datasets", {})
-            return {name: DatasetEntry(**entry) for name, entry in raw.items()}
+        return self._read("datasets", DatasetEntry)
 
     def register_dataset(self, entry: DatasetEntry) -> None:
-        """Add or replace the dataset named `entry.name` (checkpoints are untouched)."""
-        with self._locked():
-            raw = self._raw().get("datasets", {})
-            datasets = {name: DatasetEntry(**e) for name, e in raw.items()}
-            datasets[entry.name] = entry
-            self._write(self._read(), datasets)
+        """Add or replace the dataset named `entry.name`."""
+        self._write("datasets", entry)
 
     def remove(self, name: str) -> bool:
-        """Drop an entry (the checkpoint files stay). Returns whether it existed."""
-        with self._locked():
-            entries = self._read()
-            existed = entries.pop(name, None) is not None
-            if existed:
-                self._write(entries)
-            return existed
+        """Drop a checkpoint entry (the checkpoint files stay). Returns whether it existed."""
+        self._migrate()
+        return storage.remove(self._file("checkpoints", name))

@@ -292,6 +292,7 @@ class PPOStageConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> PPOStageConfig:
+        self.run.local_run_dir("RL")  # object storage: not yet, said before any actor starts
         if self.rl.algorithm in ("grpo", "rloo") and self.rl.group_size < 2:
             raise ValueError(f"rl.group_size must be >= 2 for {self.rl.algorithm}")
         if self.rl.drop_uniform_groups and self.rl.algorithm == "ppo":
@@ -320,4 +321,4 @@ class PPOStageConfig(Strict):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.run.storage_path).resolve() / self.run.name
+        return self.run.local_run_dir("RL")

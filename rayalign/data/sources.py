@@ -28,6 +28,7 @@ from typing import Any
 
 from rayalign.config import TRAIN_SPLIT, DatasetSource, Source
 from rayalign.data.io import DataError, read_jsonl
+from rayalign.storage import is_uri, local_copy
 
 _DATASETS_FILES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 _FILE_SUFFIXES = {".jsonl", ".json", *_DATASETS_FILES}
@@ -159,6 +160,11 @@ def open_rows(value: Source, default_split: str = TRAIN_SPLIT):
     """
     source = as_source(value)
     split = source.split or default_split
+    if is_uri(source.path):  # object storage: read this node's copy of it
+        try:
+            source = source.model_copy(update={"path": local_copy(source.path)})
+        except FileNotFoundError as e:
+            raise DataError(str(e)) from None
     path = Path(source.path)
     looks_local = path.suffix in _FILE_SUFFIXES or source.path.startswith(("/", ".", "~"))
     if looks_local and not path.exists():

@@ -1,4 +1,5 @@
-"""Load any HF causal LM and its tokenizer, from the hub or a local directory."""
+"""Load any HF causal LM and its tokenizer: a hub id, a local directory, or a storage URI
+(`s3://...`, copied into this node's cache first: `rayalign.storage.local_copy`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from rayalign.storage import local_copy
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -18,7 +21,7 @@ def load_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """Tokenizer with a pad token and a chat template, padding on the left for generation."""
     tok = AutoTokenizer.from_pretrained(
-        name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        local_copy(name_or_path), revision=revision, trust_remote_code=trust_remote_code
     )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -42,7 +45,10 @@ def load_causal_lm(
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=DTYPES[dtype], revision=revision, trust_remote_code=trust_remote_code
+        local_copy(name_or_path),
+        dtype=DTYPES[dtype],
+        revision=revision,
+        trust_remote_code=trust_remote_code,
     )
     return model.eval()
 
@@ -53,7 +59,7 @@ def load_value_model(name_or_path: str, *, pad_token_id: int, dtype: str = "floa
     from transformers import AutoModelForTokenClassification
 
     model = AutoModelForTokenClassification.from_pretrained(
-        name_or_path, num_labels=1, dtype=DTYPES[dtype]
+        local_copy(name_or_path), num_labels=1, dtype=DTYPES[dtype]
     )
     model.config.pad_token_id = pad_token_id
     return model

@@ -30,7 +30,9 @@ def with_adapters(
     from peft import PeftConfig, PeftModel, get_peft_model
 
     from rayalign.models.loading import load_causal_lm
+    from rayalign.storage import local_copy
 
+    model_path = local_copy(model_path)
     adapter = Path(model_path) / ADAPTER_DIR
     if adapter.is_dir():
         base = PeftConfig.from_pretrained(str(adapter)).base_model_name_or_path
@@ -135,7 +137,9 @@ def adapter_base(model_path: str) -> str | None:
     config's), or None when `model_path` holds no adapters."""
     import json
 
-    config = Path(model_path) / ADAPTER_DIR / "adapter_config.json"
+    from rayalign.storage import local_copy
+
+    config = Path(local_copy(model_path)) / ADAPTER_DIR / "adapter_config.json"
     if not config.is_file():
         return None
     return json.loads(config.read_text())["base_model_name_or_path"]

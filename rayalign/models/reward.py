@@ -14,7 +14,9 @@ def load_reward_model(path: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForSequenceClassification
 
     from rayalign.models.loading import load_tokenizer
+    from rayalign.storage import local_copy
 
+    path = local_copy(path)
     tokenizer = load_tokenizer(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
     model.config.pad_token_id = tokenizer.pad_token_id

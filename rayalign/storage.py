@@ -1,0 +1,193 @@
+"""Storage paths: a local path or a URI that `pyarrow.fs` understands (`s3://`, `gs://`).
+
+Stages, the registry and Serve name checkpoints and run files by such a path, so a cluster
+without a shared filesystem keeps them in object storage. What must be a local file for a
+library (a model directory for transformers or vLLM, a dataset file) is copied into a
+node-local cache first (`local_copy`), once per content: every process reads the storage,
+none relies on another's disk.
+
+S3-compatible endpoints other than AWS's (MinIO, a local moto server) are named the way
+Arrow and boto3 read them: AWS_ENDPOINT_URL (or `?endpoint_override=` in the URI).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rayalign.data.io import write_atomic
+
+CACHE_ENV = "RAYALIGN_CACHE_DIR"
+COMPLETE = ".rayalign-complete"  # written last into a finished local copy
+
+
+def is_uri(path: str | Path | None) -> bool:
+    """Whether `path` names object storage (`scheme://...`) rather than a local path."""
+    return path is not None and "://" in str(path)
+
+
+def resolve(path: str | Path) -> str:
+    """A URI as it is; a local path made absolute (Ray workers start elsewhere)."""
+    return str(path) if is_uri(path) else str(Path(path).resolve())
+
+
+def join(base: str | Path, *parts: str) -> str:
+    """`base` / `parts` for a URI or a local path."""
+    if is_uri(base):
+        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def parent(path: str | Path) -> str:
+    if is_uri(path):
+        return str(path).rstrip("/").rsplit("/", 1)[0]
+    return str(Path(path).parent)
+
+
+def filesystem(path: str | Path):
+    """(pyarrow filesystem, path inside it) for a URI or a local path."""
+    import pyarrow.fs as pafs
+
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(str(path))
+    return pafs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def exists(path: str | Path) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(path)
+    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+
+
+def read_text(path: str | Path) -> str:
+    """The file's text. Raises FileNotFoundError when it does not exist."""
+    if not is_uri(path):
+        return Path(path).read_text()
+    if not exists(path):
+        raise FileNotFoundError(f"{path}: no such object in storage")
+    fs, inner = filesystem(path)
+    with fs.open_input_stream(inner) as f:
+        return f.read().decode()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Replace the file atomically: a local temp file renamed over it, or one object PUT
+    (object stores replace an object whole; readers see the old or the new one)."""
+    if not is_uri(path):
+        write_atomic(path, text)
+        return
+    fs, inner = filesystem(path)
+    with fs.open_output_stream(inner) as f:
+        f.write(text.encode())
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Add `text` at the end of the file (object stores have no append: it is rewritten)."""
+    if not is_uri(path):
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with p.open("a") as f:
+            f.write(text)
+        return
+    before = read_text(path) if exists(path) else ""
+    write_text(path, before + text)
+
+
+def list_names(path: str | Path) -> list[str]:
+    """Names of the files directly under the folder `path` (none when it does not exist)."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(path)
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+
+def remove(path: str | Path) -> bool:
+    """Delete the file; returns whether it existed."""
+    if not exists(path):
+        return False
+    fs, inner = filesystem(path)
+    fs.delete_file(inner)
+    return True
+
+
+def upload(local_dir: str | Path, path: str | Path) -> None:
+    """Copy the local folder `local_dir` to `path` (a URI or a local folder)."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(path)
+    fs.create_dir(inner, recursive=True)
+    pafs.copy_files(
+        str(Path(local_dir).resolve()),
+        inner,
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=fs,
+    )
+
+
+def _fingerprint(path: str) -> str:
+    """What a copy of `path` is keyed by: the URI and every file's name, size and time."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(path)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{path}: no such file or folder in storage")
+    infos = [info] if info.type == pafs.FileType.File else []
+    if info.type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    digest = hashlib.sha256(path.encode())
+    for i in sorted(infos, key=lambda i: i.path):
+        digest.update(f"{i.path}\0{i.size}\0{i.mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def cache_root() -> Path:
+    """This node's cache of local copies (RAYALIGN_CACHE_DIR, else ~/.cache/rayalign)."""
+    default = Path.home() / ".cache" / "rayalign"
+    return Path(os.environ.get(CACHE_ENV) or default) / "storage"
+
+
+def local_copy(path: str) -> str:
+    """A local path with the content of `path`: `path` itself when it is local, else a
+    copy of the file or folder in this node's cache, made once per content (a changed
+    object gets a new copy) and shared by the node's processes under a file lock."""
+    if not is_uri(path):
+        return path
+    import pyarrow.fs as pafs
+
+    key = _fingerprint(path)
+    name = str(path).rstrip("/").rsplit("/", 1)[-1]
+    target = cache_root() / key / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target.parent / COMPLETE).exists():
+            return str(target)
+        fs, inner = filesystem(path)
+        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=target.parent))
+        try:
+            if fs.get_file_info(inner).type == pafs.FileType.File:
+                local = staging / name
+                with fs.open_input_stream(inner) as src, open(local, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            else:
+                local = staging / name
+                local.mkdir()  # Arrow creates the subfolders only
+                pafs.copy_files(
+                    inner,
+                    str(local),
+                    source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem(),
+                )
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(local, target)
+            (target.parent / COMPLETE).write_text(str(path) + "\n")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
