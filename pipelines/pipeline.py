@@ -24,9 +24,9 @@ from typing import Any
 from ray.job_submission import JobStatus
 
 from pipelines.pipeline_config import PipelineConfig, StageSpec, substitute
-from rayalign.data.io import write_atomic
 from rayalign.interrupts import stop_on_signals
 from rayalign.registry import Registry
+from rayalign.storage import write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.safety_config import SafetyStageConfig
-from rayalign.data.io import DataError, write_atomic
+from rayalign.data.io import DataError
+from rayalign.storage import write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,10 @@ from pipelines.safety_journal import check_settings, data_dir, kept_progress
 from rayalign.cluster import init_ray
 from rayalign.config import EVAL_SPLIT, TRAIN_SPLIT, Source, load_config, resolve_local
 from rayalign.data.datasets import validate_rows
-from rayalign.data.io import write_atomic, write_jsonl
+from rayalign.data.io import write_jsonl
 from rayalign.data.sources import as_json, resolve_source
 from rayalign.registry import DatasetEntry, Registry, RegistryEntry
+from rayalign.storage import write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,27 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rayalign.data.io import write_atomic
-
 CACHE_ENV = "RAYALIGN_CACHE_DIR"
 COMPLETE = ".rayalign-complete"  # written last into a finished local copy
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Replace `path` with `text` atomically: a crash leaves the old file or the new one.
+
+    The temporary file is named per process, so writers in several processes never
+    share one; the data is fsynced before the rename.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)  # only there if the write failed
 
 
 def is_uri(path: str | Path | None) -> bool:

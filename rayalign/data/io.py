@@ -4,9 +4,10 @@ write files so that a reader sees the old content or the new, never a torn one."
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from rayalign.storage import write_atomic
 
 
 class DataError(ValueError):
@@ -37,25 +38,6 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not rows:
         raise DataError(f"{p}: no rows")
     return rows
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Replace `path` with `text` atomically: a crash leaves the old file or the new one.
-
-    The temporary file is named per process, so writers in several processes never
-    share one; the data is fsynced before the rename.
-    """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)  # only there if the write failed
 
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:

@@ -113,7 +113,8 @@ def test_sft_format_detection():
 def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path, monkeypatch):
     import os
 
-    from rayalign.data.io import read_jsonl, write_atomic, write_jsonl
+    from rayalign.data.io import read_jsonl, write_jsonl
+    from rayalign.storage import write_atomic
 
     path = tmp_path / "sub" / "rows.jsonl"
     write_jsonl(path, [{"a": 1}, {"a": 2}])
