@@ -143,7 +143,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     if args.action == "publish":
         entry = Registry(config.registry).get(args.name)
         if entry is None:
-            raise ValueError(f"{args.name!r} is not registered in {config.registry}/registry.json")
+            raise ValueError(f"{args.name!r} is not registered in {config.registry}/registry")
         publish([entry], config)
         print(f"published {args.name!r} ({entry.kind}, {entry.path})")
     elif remove(args.name):
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("action", nargs="?", choices=["publish", "remove"], help="change one model")
     p.add_argument("name", nargs="?", help="registry name of the model to publish or remove")
-    p.add_argument("--registry", help="run directory holding registry.json")
+    p.add_argument("--registry", help="storage path holding the run registry")
     p.add_argument("--config", help="ServingConfig YAML (flags and KEY=VALUE override it)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")

@@ -63,7 +63,7 @@ class StageSpec(Strict):
 class PipelineConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="Pipeline name.")
     storage_path: str = Field(
-        description="Where every stage stores runs and registers checkpoints (registry.json)."
+        description="Where every stage stores runs and registers checkpoints (its registry/ folder)."
     )
     max_parallel: int = Field(
         1, ge=1, description="Stages running at once (branches whose parents are done)."

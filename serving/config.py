@@ -90,7 +90,9 @@ class RewardModelOptions(Strict):
 class ServingConfig(Strict):
     """The endpoint and the checkpoints it serves (`rayalign serve`)."""
 
-    registry: str = Field(description="Run directory holding registry.json (a storage path).")
+    registry: str = Field(
+        description="Storage path holding the run registry (its registry/ folder)."
+    )
     host: str = Field(
         "127.0.0.1", description="Address to bind; 127.0.0.1 keeps the endpoint on this machine."
     )
@@ -152,7 +154,7 @@ class IngressAppArgs(Strict):
     """Args of `serving.ingress:build_ingress_app` in a Serve config (`serve deploy`)."""
 
     registry: str | None = Field(
-        None, description="Run directory holding registry.json, as the cluster sees it."
+        None, description="Storage path holding the run registry, as the cluster sees it."
     )
     api_key_env: str | None = Field(
         None,

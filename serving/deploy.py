@@ -131,7 +131,7 @@ def selected(config: ServingConfig, missing_ok: bool = False) -> dict[str, Regis
     unknown = sorted(set(config.models) - set(entries))
     if unknown and not missing_ok:
         raise ValueError(
-            f"models {unknown} are not in the registry {Path(config.registry) / 'registry.json'}; "
+            f"models {unknown} are not in the registry {Path(config.registry) / 'registry'}; "
             f"registered: {', '.join(sorted(entries)) or 'none'}"
         )
     return {n: entries[n] for n in config.models if n in entries}

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from rayalign.cluster import free_port
+from rayalign.registry import Registry
 from tests.conftest import checkpoint_committed
 from tests.e2e.conftest import served_models, start_serve
 from tests.serving.conftest import register_tiny
@@ -126,10 +127,10 @@ def test_pipeline_interrupted_rerun_skips_finished_then_serve_publish_remove_ctr
     assert attempts[0]["start_step"] == 0 and attempts[-1]["start_step"] >= 20
     state = _state(storage)
     assert all(s["status"] == "succeeded" for s in state.values()), state
-    registry = json.loads((storage / "registry.json").read_text())["checkpoints"]
+    registry = Registry(storage).entries()
     assert set(registry) == {"sft", "dpo"}
-    assert state["dpo"]["checkpoint"]["path"] == registry["dpo"]["path"]
-    assert registry["dpo"]["parent"] == registry["sft"]["path"]
+    assert state["dpo"]["checkpoint"]["path"] == registry["dpo"].path
+    assert registry["dpo"].parent == registry["sft"].path
     status = subprocess.run(
         [str(BIN / "rayalign"), "pipeline", "status", "--config", str(config)],
         capture_output=True,

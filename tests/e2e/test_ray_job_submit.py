@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from rayalign.registry import Registry
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +53,6 @@ def test_sft_as_ray_job(head_node, tiny_model, arithmetic_data, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
-    entry = json.loads((storage / "registry.json").read_text())["checkpoints"]["job-sft"]
-    assert entry["step"] == 20 and "heldout_accuracy" in entry["metrics"]
-    assert (Path(entry["path"]) / "model.safetensors").exists()
+    entry = Registry(storage).get("job-sft")
+    assert entry.step == 20 and "heldout_accuracy" in entry.metrics
+    assert (Path(entry.path) / "model.safetensors").exists()
