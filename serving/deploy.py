@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ray import serve
 from ray.serve.schema import ApplicationStatus, ServeApplicationSchema, ServeDeploySchema
 
+from rayalign import storage
 from rayalign.registry import Registry, RegistryEntry
 from serving.config import (
     API_KEY_ENV,
@@ -131,7 +131,7 @@ def selected(config: ServingConfig, missing_ok: bool = False) -> dict[str, Regis
     unknown = sorted(set(config.models) - set(entries))
     if unknown and not missing_ok:
         raise ValueError(
-            f"models {unknown} are not in the registry {Path(config.registry) / 'registry'}; "
+            f"models {unknown} are not in the registry {storage.join(config.registry, 'registry')}; "
             f"registered: {', '.join(sorted(entries)) or 'none'}"
         )
     return {n: entries[n] for n in config.models if n in entries}
@@ -175,7 +175,7 @@ def serve_config(config: ServingConfig) -> dict[str, Any]:
     ${API_KEY_ENV} environment variable of the ingress, never written into the file.
     """
     ingress_args = IngressAppArgs(
-        registry=str(Path(config.registry).resolve()),
+        registry=storage.resolve(config.registry),
         api_key_env=API_KEY_ENV,
         max_body_bytes=config.max_body_bytes,
         num_cpus=config.ingress_cpus,

@@ -24,7 +24,6 @@ import os
 import time
 from collections.abc import Awaitable
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -36,6 +35,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from rayalign import storage
 from rayalign.registry import Kind, Registry
 from serving.config import IngressAppArgs, IngressSettings, ReplicaOptions
 from serving.http_guards import (
@@ -295,5 +295,5 @@ def ingress_app(
         max_ongoing_requests=1000,
     )
     # Replicas start in another directory: a relative registry path would not reach them.
-    registry = str(Path(settings.registry).resolve()) if settings.registry else None
+    registry = storage.resolve(settings.registry) if settings.registry else None
     return deployment.bind(settings.model_copy(update={"registry": registry}))

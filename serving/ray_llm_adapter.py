@@ -13,6 +13,7 @@ pin moves. Everything else in the repository imports these names from here, neve
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 # Private (no public export in Ray 2.60), one line each for what it is needed for:
@@ -90,6 +91,8 @@ class DynamicModelsIngress(OpenAiIngress):
 class EngineInitCallback(CallbackBase):
     """Runs in the serving replica before its vLLM engine starts.
 
+    - Serves a checkpoint in object storage (`s3://...`) from a copy in the node's cache
+      (`rayalign.storage.local_copy`, made once per content).
     - Skips `ray.serve.llm`'s per-node "download" task for a checkpoint already on a
       local (or shared) filesystem: it downloads nothing there, yet starts one more
       worker process per engine, which imports vLLM (~12 s of CPU each; seven engines
@@ -99,7 +102,14 @@ class EngineInitCallback(CallbackBase):
     """
 
     async def on_before_node_init(self) -> None:
+        from rayalign.storage import is_uri, local_copy
+
         source = self.llm_config.model_loading_config.model_source
+        if isinstance(source, str) and is_uri(source):  # a checkpoint in object storage
+            source = await asyncio.to_thread(local_copy, source)
+            self.llm_config.model_loading_config.model_source = source
+            # The engine config is built (and cached) before this callback runs.
+            self.llm_config.get_engine_config().hf_model_id = source
         if isinstance(source, str) and os.path.isdir(source):
             self.ctx.run_init_node = False
         if "kv_cache_memory_bytes" in self.llm_config.engine_kwargs:

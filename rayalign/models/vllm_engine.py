@@ -23,7 +23,8 @@ def build_llm(
     trust_remote_code: bool = False,
     **engine_kwargs: Any,
 ):
-    """A `vllm.LLM` for `model` (HF id or local directory).
+    """A `vllm.LLM` for `model` (HF id, local directory, or storage URI: a copy in this
+    node's cache, `rayalign.storage.local_copy`).
 
     On CPU, vLLM's KV cache lives in host memory sized by VLLM_CPU_KVCACHE_SPACE
     (GiB, default 1 here), CUDA graphs are off (`enforce_eager`), and engines that
@@ -38,8 +39,10 @@ def build_llm(
         engine_kwargs["worker_extension_cls"] = worker_extension_cls
     from vllm import LLM
 
+    from rayalign.storage import local_copy
+
     return LLM(
-        model=model,
+        model=local_copy(model),
         dtype=dtype,
         seed=seed,
         max_model_len=max_model_len,

@@ -1,10 +1,12 @@
-"""Offline stages with their storage in object storage only: a local S3 server (moto), a
-`ray start` cluster and stage drivers in scratch directories of their own. SFT is
-interrupted and resumed from the bucket, DPO starts from SFT's checkpoint in the bucket,
-and the registry lives there too; no run file reaches a local disk."""
+"""Offline stages and serving with their storage in object storage only: a local S3
+server (moto), a `ray start` cluster, and drivers in scratch directories of their own.
+SFT is interrupted and resumed from the bucket, DPO starts from SFT's checkpoint in the
+bucket, the registry lives there too, and `rayalign serve` answers with the DPO
+checkpoint from the bucket; no run file reaches a local disk."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,11 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from rayalign import storage
-from rayalign.cluster import local_head_node
+from rayalign.cluster import free_port, local_head_node
 from rayalign.registry import Registry
+from tests.e2e.conftest import served_models
 from tests.s3_server import s3_server
 
 pytestmark = pytest.mark.slow
@@ -79,7 +83,7 @@ def _committed(run: str) -> str | None:
         return None
 
 
-def test_sft_resumes_from_the_bucket_and_dpo_starts_from_it(bucket_cluster, tmp_path):
+def test_sft_resumes_from_the_bucket_dpo_starts_from_it_serve_answers_with_it(bucket_cluster, tmp_path):
     env = bucket_cluster
     sft = [
         f"model.name_or_path={INPUTS}/tiny",
@@ -89,7 +93,7 @@ def test_sft_resumes_from_the_bucket_and_dpo_starts_from_it(bucket_cluster, tmp_
         "data.preference_eval=null",
         f"run.storage_path={RUNS}",
         "run.name=sft-s3",
-        "training.max_steps=80",
+        "training.max_steps=40",
         "training.global_batch_size=20",
         "training.save_steps=20",
         "training.logging_steps=10",
@@ -113,7 +117,7 @@ def test_sft_resumes_from_the_bucket_and_dpo_starts_from_it(bucket_cluster, tmp_
     attempts = [json.loads(x) for x in storage.read_text(f"{run}/attempts.jsonl").splitlines()]
     assert attempts[-1]["start_step"] == int(kept.split("-")[-1]) > 0
     entry = Registry(RUNS).get("sft-s3")
-    assert entry.path == f"{run}/final" and entry.step == 80
+    assert entry.path == f"{run}/final" and entry.step == 40
     assert "heldout_accuracy" in entry.metrics  # measured from the bucket's copy
     assert storage.exists(f"{run}/final/model.safetensors")
     assert storage.list_names(f"{run}/tensorboard")
@@ -137,3 +141,34 @@ def test_sft_resumes_from_the_bucket_and_dpo_starts_from_it(bucket_cluster, tmp_
     assert registry["dpo-s3"].path == f"{RUNS}/dpo-s3/final" and registry["dpo-s3"].step == 4
     # Nothing of the runs on a local disk: the drivers' directories hold no run file.
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+    # Served from the bucket's registry: the replica serves its node's copy.
+    port = free_port()
+    command = [str(BIN / "rayalign"), "serve", "--registry", RUNS, "--port", str(port)]
+    command += ["--models", "dpo-s3", "--no-watch", "--set", "chat.max_model_len=128"]
+    serve = subprocess.Popen(
+        command,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline, reply = time.time() + 300, None
+        while reply is None or reply.status_code != 200:  # 404/503 while the engine starts
+            assert serve.poll() is None and time.time() < deadline, "dpo-s3 never answered"
+            time.sleep(1)
+            with contextlib.suppress(httpx.HTTPError):
+                reply = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json={"model": "dpo-s3", "messages": [{"role": "user", "content": "1 + 1?"}]},
+                    timeout=60,
+                )
+        assert reply.json()["choices"][0]["message"]["role"] == "assistant"
+        assert served_models(port) == {"dpo-s3"}
+    finally:
+        serve.send_signal(signal.SIGINT)
+        out = _finish(serve, timeout=120)
+    assert serve.returncode == 130, out[-3000:]
