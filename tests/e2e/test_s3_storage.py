@@ -83,7 +83,9 @@ def _committed(run: str) -> str | None:
         return None
 
 
-def test_sft_resumes_from_the_bucket_dpo_starts_from_it_serve_answers_with_it(bucket_cluster, tmp_path):
+def test_sft_resumes_from_the_bucket_dpo_starts_from_it_serve_answers_with_it(
+    bucket_cluster, tmp_path
+):
     env = bucket_cluster
     sft = [
         f"model.name_or_path={INPUTS}/tiny",
