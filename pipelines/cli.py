@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from pipelines.stage_registry import STAGE_NAMES, load_stage
-from rayalign import interrupts
+from rayalign import interrupts, storage
 from rayalign.config import ConfigError
 from rayalign.data.io import DataError
 from rayalign.logs import configure as configure_logging
@@ -32,14 +34,19 @@ def _cmd_data_make(args: argparse.Namespace) -> None:
         parts, value = parse_override(text)
         options[".".join(parts)] = value
     task = build_task(args.task, options)
+    # Object storage (s3://...): written locally, then uploaded as a folder.
+    local = tempfile.mkdtemp(prefix="rayalign-data-") if storage.is_uri(args.out) else args.out
     manifest = write_task_data(
         task,
-        args.out,
+        local,
         seed=args.seed,
         n_train=args.n_train,
         n_test=args.n_test,
         rejected_per_prompt=args.rejected_per_prompt,
     )
+    if local != args.out:
+        storage.upload(local, args.out)
+        shutil.rmtree(local, ignore_errors=True)
     print(
         f"wrote task {args.task!r} to {args.out}: " + ", ".join(sorted(manifest["files"].values()))
     )
@@ -212,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = data.add_parser("make", help="generate a task's train/test splits in TRL formats")
     p.add_argument("--task", default="arithmetic", help="arithmetic | reversal")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory or storage URI (s3://...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=200)

@@ -20,6 +20,7 @@ from actors.batches import TrainBatch
 from actors.policy_learner import PolicyLearner
 from rayalign.cluster import local_head_node, local_worker_node
 from rayalign.rl_config import PPOStageConfig, RLConfig
+from tests.actors.test_policy_learner import _ragged_batch
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,25 +66,13 @@ def _node_of(actor) -> str:
 
 
 def _batch(learner: PolicyLearner, n: int = 7) -> TrainBatch:
-    """n sequences (uneven shards over two ranks) with completions of 1..4 tokens, value
+    """n sequences of 1..4 completion tokens (uneven shards over two ranks) with value
     targets for the critic and the learner's own log-probs as the behaviour's."""
+    batch = _ragged_batch(learner, n)
     g = torch.Generator().manual_seed(3)
-    vocab = learner.policy.config.vocab_size
-    lengths = [1 + i % 4 for i in range(n)]
-    prompts = [torch.randint(4, vocab, (2 + i % 2,), generator=g).tolist() for i in range(n)]
-    completions = [torch.randint(4, vocab, (k,), generator=g).tolist() for k in lengths]
-    T = max(lengths)
-    mask = torch.tensor([[1.0] * k + [0.0] * (T - k) for k in lengths])
-    return TrainBatch(
-        prompt_ids=prompts,
-        completion_ids=completions,
-        mask=mask,
-        behaviour_logprobs=learner.logprobs(prompts, completions),
-        advantages=torch.randn(n, T, generator=g) * mask,
-        ref_logprobs=torch.full((n, T), -3.0) * mask,
-        returns=torch.randn(n, T, generator=g) * mask,
-        old_values=torch.zeros(n, T),
-    )
+    batch.returns = torch.randn(batch.mask.shape, generator=g) * batch.mask
+    batch.old_values = torch.zeros_like(batch.mask)
+    return batch
 
 
 def test_two_learners_on_two_nodes_take_one_learners_step(driver, cluster, tiny_model, tmp_path):

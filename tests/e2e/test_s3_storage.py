@@ -49,9 +49,8 @@ def bucket_cluster(tmp_path_factory, tiny_model, arithmetic_data):
             yield driver_env
 
 
-def _driver(stage: str, overrides: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "pipelines", "train", stage]
-    command += ["--config", str(ROOT / f"configs/tiny/{stage}.yaml"), *overrides]
+def _start(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """`command` in `cwd` (made), in a session of its own, its output together as text."""
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         command,
@@ -61,6 +60,13 @@ def _driver(stage: str, overrides: list[str], env: dict[str, str], cwd: Path) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+    )
+
+
+def _driver(stage: str, overrides: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "pipelines", "train", stage]
+    return _start(
+        [*command, "--config", str(ROOT / f"configs/tiny/{stage}.yaml"), *overrides], env, cwd
     )
 
 
@@ -148,15 +154,7 @@ def test_sft_resumes_from_the_bucket_dpo_starts_from_it_serve_answers_with_it(
     port = free_port()
     command = [str(BIN / "rayalign"), "serve", "--registry", RUNS, "--port", str(port)]
     command += ["--models", "dpo-s3", "--no-watch", "--set", "chat.max_model_len=128"]
-    serve = subprocess.Popen(
-        command,
-        env=env,
-        cwd=tmp_path,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    serve = _start(command, env, tmp_path)
     try:
         deadline, reply = time.time() + 300, None
         while reply is None or reply.status_code != 200:  # 404/503 while the engine starts

@@ -86,3 +86,20 @@ def test_safety_stages_reject_bad_input_before_any_work(tmp_path):
     prompts.write_text('{"prompt": "What is 1 + 1?"}\n')
     proc = _safety_job("rlaif", f"data.prompts={prompts}", "rlaif.labeller.function=nope")
     assert proc.returncode == 2 and "'module:function'" in proc.stderr
+
+
+def test_data_make_writes_the_task_to_a_bucket(tmp_path):
+    """`rayalign data make --out s3://...` (a local S3 server): the splits land in the
+    bucket, the same as a local folder's, and nothing stays on the local disk."""
+    from rayalign import storage
+    from tests.s3_server import s3_server
+
+    local = tmp_path / "local"
+    args = ["data", "make", "--n-train", "30", "--n-test", "5"]
+    _rayalign(*args, "--out", str(local))
+    with s3_server():
+        _rayalign(*args, "--out", "s3://rayalign/data")  # the server's env is inherited
+        names = storage.list_names("s3://rayalign/data")
+        assert names == sorted(p.name for p in local.iterdir())
+        for name in names:
+            assert storage.read_text(f"s3://rayalign/data/{name}") == (local / name).read_text()
