@@ -25,6 +25,7 @@ from rayalign.models.loading import (
 from rayalign.models.logprobs import sequence_logprobs
 from rayalign.models.lora import is_peft, save_merged, with_adapters
 from rayalign.rl_config import RLConfig
+from rayalign.storage import local_copy, local_folder_for
 
 logger = logging.getLogger(__name__)
 
@@ -389,24 +390,29 @@ class PolicyLearner(WeightSender):
         return self.weights()
 
     def save(self, path: str) -> str:
-        """Write the policy as a self-contained HF directory (rank 0 only), plus the
-        optimizer state and the critic (under `critic/`) for resuming."""
+        """Write the policy as a self-contained HF directory at `path` (a local folder or
+        a storage URI; rank 0 only), plus the optimizer state and the critic (under
+        `critic/`) for resuming."""
         if self.rank == 0:
-            if is_peft(self.policy):  # merged weights to serve, adapters to resume
-                save_merged(self.policy, path)
-            else:
-                self.policy.save_pretrained(path, safe_serialization=True)
-            self.tokenizer.save_pretrained(path)
-            state = {"policy": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
-            if self.critic is not None:
-                self.critic.save_pretrained(os.path.join(path, "critic"), safe_serialization=True)
-                state["critic"] = self.critic_optimizer.state_dict()
-            torch.save(state, os.path.join(path, "optimizer.pt"))
+            with local_folder_for(path) as folder:
+                self._save_to(folder)
         return path
+
+    def _save_to(self, path: str) -> None:
+        if is_peft(self.policy):  # merged weights to serve, adapters to resume
+            save_merged(self.policy, path)
+        else:
+            self.policy.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        state = {"policy": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        if self.critic is not None:
+            self.critic.save_pretrained(os.path.join(path, "critic"), safe_serialization=True)
+            state["critic"] = self.critic_optimizer.state_dict()
+        torch.save(state, os.path.join(path, "optimizer.pt"))
 
     def load_optimizer(self, path: str) -> None:
         """Restore optimizer state written by `save` (every rank holds the same state)."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(local_copy(path), map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["policy"])
         if "torch_rng" in state:  # the learner's random stream continues where it was
             torch.set_rng_state(state["torch_rng"])

@@ -24,9 +24,9 @@ from typing import Any
 from ray.job_submission import JobStatus
 
 from pipelines.pipeline_config import PipelineConfig, StageSpec, substitute
+from rayalign import storage
 from rayalign.interrupts import stop_on_signals
 from rayalign.registry import Registry
-from rayalign.storage import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +64,11 @@ class PipelineState:
     stages: dict[str, StageState] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path) -> PipelineState:
-        if not path.exists():
+    def load(cls, path: Path | str) -> PipelineState:
+        try:
+            raw = json.loads(storage.read_text(path))
+        except FileNotFoundError:
             return cls()
-        raw = json.loads(path.read_text())
         return cls(
             {
                 k: StageState(**{**v, "status": StageStatus(v["status"])})
@@ -75,13 +76,14 @@ class PipelineState:
             }
         )
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path | str) -> None:
         stages = {k: asdict(v) for k, v in self.stages.items()}
-        write_atomic(path, json.dumps({"stages": stages}, indent=2))
+        storage.write_text(path, json.dumps({"stages": stages}, indent=2))
 
 
-def state_path(config: PipelineConfig) -> Path:
-    return Path(config.storage_path) / f"pipeline-{config.name}.json"
+def state_path(config: PipelineConfig) -> str:
+    """The pipeline's state file, beside its runs (a local path or a storage URI)."""
+    return storage.join(config.storage_path, f"pipeline-{config.name}.json")
 
 
 def registered_checkpoint(storage_path: str, name: str) -> dict[str, Any] | None:
@@ -99,7 +101,9 @@ def registered_checkpoint(storage_path: str, name: str) -> dict[str, Any] | None
     }
 
 
-def stage_entrypoint(spec: StageSpec, values: dict[str, str], storage: str, local: bool) -> str:
+def stage_entrypoint(
+    spec: StageSpec, values: dict[str, str], storage_path: str, local: bool
+) -> str:
     """The shell command of `spec`'s job, with ${...} references filled from `values`.
 
     A local cluster runs jobs on this machine: this interpreter, from this checkout. On a
@@ -116,7 +120,7 @@ def stage_entrypoint(spec: StageSpec, values: dict[str, str], storage: str, loca
             spec.config,
             *(substitute(o, values) for o in spec.overrides),
             f"run.name={spec.name}",
-            f"run.storage_path={storage}",
+            f"run.storage_path={storage_path}",
         ]
         if spec.stage != "ppo":  # the RL stage registers under its run name
             args.append(f"register_as={spec.name}")
@@ -299,8 +303,7 @@ def run_pipeline(config: PipelineConfig, address: str | None = None) -> bool:
         ok = PipelineRunner(config, address, local=False).run()
     else:
         # Stage paths are resolved here, where the jobs also run.
-        storage = str(Path(config.storage_path).resolve())
-        config = config.model_copy(update={"storage_path": storage})
+        config = config.model_copy(update={"storage_path": storage.resolve(config.storage_path)})
         with local_head_node() as head:
             logger.info(f"[pipeline] started a local Ray cluster (jobs API {head.jobs})")
             ok = PipelineRunner(config, head.jobs, local=True).run()

@@ -21,6 +21,7 @@ from pipelines.rl_driver import RLDriver
 from pipelines.rl_metrics import MetricsLog
 from pipelines.rl_rewards import check_reward_functions
 from pipelines.stage_registry import StageDefinition
+from rayalign import storage
 from rayalign.cluster import init_ray
 from rayalign.registry import RegistryEntry
 from rayalign.rl_config import PPOStageConfig
@@ -30,10 +31,10 @@ def run_rl(config: PPOStageConfig) -> RegistryEntry:
     """Run (or resume) an RL stage to its last step and register its checkpoints."""
     check_reward_functions(config)  # before any actor starts
     init_ray(cpus_needed(config))
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(
-        json.dumps(config.model_dump(mode="json", by_alias=True), indent=2)
+    run_dir = config.run_dir  # a local folder or a URI in object storage
+    storage.write_text(
+        storage.join(run_dir, "config.json"),
+        json.dumps(config.model_dump(mode="json", by_alias=True), indent=2),
     )
     state = RunState.load(run_dir)
     actors = build_actors(config, state)

@@ -1,7 +1,9 @@
 """Checkpoints and resume state of an RL run: state.json, the registry, result.json.
 
 `state.json` names the last checkpoint (policy, optimizer and, for PPO, critic); a rerun
-with the same `run.name` reads it and continues from that step.
+with the same `run.name` reads it and continues from that step. The run's folder is a
+local path or a storage URI (`rayalign.storage`); state.json is written last, so a run
+killed while saving resumes from the checkpoint before.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import ray
 
+from rayalign import storage
 from rayalign.registry import Registry, RegistryEntry
 from rayalign.rl_config import PPOStageConfig
 
@@ -40,16 +43,16 @@ class RunState:
     rollout_workers: int | None = None
 
     @classmethod
-    def load(cls, run_dir: Path) -> RunState:
-        path = run_dir / "state.json"
-        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+    def load(cls, run_dir: Path | str) -> RunState:
+        try:
+            return cls(**json.loads(storage.read_text(storage.join(run_dir, "state.json"))))
+        except FileNotFoundError:
+            return cls()
 
-    def write(self, run_dir: Path) -> None:
+    def write(self, run_dir: Path | str) -> None:
         """Replace state.json atomically (a killed driver leaves the previous one)."""
         state = {k: v for k, v in asdict(self).items() if v is not None}
-        tmp = run_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        tmp.replace(run_dir / "state.json")
+        storage.write_text(storage.join(run_dir, "state.json"), json.dumps(state))
 
 
 def save_checkpoint(
@@ -63,32 +66,32 @@ def save_checkpoint(
     `rollout_workers`) in state.json and register it as `{run.name}-step-{step}` with
     `metrics`."""
     run_dir = config.run_dir
-    path = run_dir / f"checkpoint-{step:06d}"
-    ray.get(learner.save.remote(str(path)))
+    path = storage.join(run_dir, f"checkpoint-{step:06d}")
+    ray.get(learner.save.remote(path))
     RunState(
         step=step,
-        checkpoint=str(path),
-        optimizer=str(path / "optimizer.pt"),
-        critic=str(path / "critic") if config.rl.algorithm == "ppo" else None,
+        checkpoint=path,
+        optimizer=storage.join(path, "optimizer.pt"),
+        critic=storage.join(path, "critic") if config.rl.algorithm == "ppo" else None,
         rollout_workers=rollout_workers,
     ).write(run_dir)
     entry = RegistryEntry(
         name=f"{config.run.name}-step-{step}",
         stage=config.rl.algorithm,
         kind="chat",
-        path=str(path),
+        path=path,
         parent=config.model.name_or_path,
         step=step,
         metrics=metrics,
     )
-    Registry(run_dir.parent).register(entry)
+    Registry(storage.parent(run_dir)).register(entry)
     return entry
 
 
 def register_final(config: PPOStageConfig, entry: RegistryEntry | None) -> RegistryEntry:
     """Register the last checkpoint under `run.name` with its held-out accuracy and write
     result.json. `entry` None (a rerun of a finished run) takes the registered last step."""
-    registry = Registry(config.run_dir.parent)
+    registry = Registry(storage.parent(config.run_dir))
     if entry is None:
         entry = registry.get(f"{config.run.name}-step-{config.rl.steps}")
     final = RegistryEntry(**{**entry.__dict__, "name": config.run.name})
@@ -100,5 +103,7 @@ def register_final(config: PPOStageConfig, entry: RegistryEntry | None) -> Regis
             "heldout_accuracy": evaluate(final.path, config.data.prompts_eval).accuracy,
         }
     registry.register(final)
-    (config.run_dir / "result.json").write_text(json.dumps(final.__dict__, indent=2))
+    storage.write_text(
+        storage.join(config.run_dir, "result.json"), json.dumps(final.__dict__, indent=2)
+    )
     return final

@@ -342,6 +342,7 @@ class RLDriver:
         self.autoscale(timings)
         if done % self.rl.save_steps == 0 or done == self.rl.steps:
             wanted = ray.get(self.actors.controller.get_rollout_workers.remote())
+            self.metrics.push()
             self.entry = save_checkpoint(
                 self.config, self.actors.learners[0], done, metrics, rollout_workers=wanted
             )

@@ -1,11 +1,16 @@
 """Where an RL run's numbers go: metrics.jsonl, eval.jsonl, TensorBoard, the run
-controller (for `rayalign scale`) and one progress line per step."""
+controller (for `rayalign scale`) and one progress line per step.
+
+A run in object storage writes its logs to a local folder, copied to the bucket at each
+checkpoint and at the end (`rayalign.storage.LocalMirror`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+
+from rayalign.storage import LocalMirror
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +19,8 @@ class MetricsLog:
     """Writes one RL run's step metrics and evaluations.
 
     Args:
-        run_dir: the run's directory (metrics.jsonl, eval.jsonl, tensorboard/).
+        run_dir: the run's folder (metrics.jsonl, eval.jsonl, tensorboard/), local or a
+            storage URI.
         run_name: prefix of the progress lines.
         steps: the run's last step, for "step N/steps".
         controller: the run's RunController handle, told each step's metrics.
@@ -24,20 +30,22 @@ class MetricsLog:
     """
 
     def __init__(
-        self, run_dir: Path, run_name: str, steps: int, controller, resume_step: int = 0
+        self, run_dir: Path | str, run_name: str, steps: int, controller, resume_step: int = 0
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir = run_dir
+        self.files = LocalMirror(run_dir)
+        self.run_dir = self.files.local
         self.run_name = run_name
         self.steps = steps
         self.controller = controller
         # A fresh start evaluates step 0 again; a resumed one logs from resume_step + 1.
         keep_through = resume_step if resume_step else -1
+        self.files.pull("metrics.jsonl", "eval.jsonl")
         for name in ("metrics.jsonl", "eval.jsonl"):
-            truncate_jsonl(run_dir / name, keep_through)
+            truncate_jsonl(self.run_dir / name, keep_through)
         # TensorBoard drops the events at or after purge_step that earlier files hold.
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=keep_through + 1)
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=keep_through + 1)
 
     def info(self, message: str) -> None:
         """A progress line, prefixed with the run's name."""
@@ -79,8 +87,15 @@ class MetricsLog:
             f" ({timings['step']:.1f}s)"
         )
 
+    def push(self) -> None:
+        """Copy the logs so far to the run's folder in storage (before a checkpoint is
+        committed, so a resume from it finds them)."""
+        self.writer.flush()
+        self.files.push()
+
     def close(self) -> None:
         self.writer.close()
+        self.files.close()
 
 
 def truncate_jsonl(path: Path, keep_through: int) -> None:

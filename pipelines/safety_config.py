@@ -151,14 +151,10 @@ class SafetyStageConfig(Strict):
         "appends to the run's data directory; a rerun continues after the last append.",
     )
 
-    @model_validator(mode="after")
-    def _storage_on_a_filesystem(self) -> SafetyStageConfig:
-        self.run.local_run_dir("safety")
-        return self
-
     @property
-    def run_dir(self) -> Path:
-        return self.run.local_run_dir("safety")
+    def run_dir(self) -> Path | str:
+        """The run's folder: a local Path, or a URI (`s3://...`) in object storage."""
+        return self.run.run_dir
 
 
 class CriticSpec(ChatModelSpec):

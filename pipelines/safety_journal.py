@@ -4,6 +4,9 @@ nothing and a rerun continues it.
 Under `<run>/data/`: `settings.json` (what the rows depend on; a rerun under other
 settings is refused), the policy's answers, and one journal per kind of finished work
 item (revised chains, labelled pairs), appended and fsynced a batch at a time.
+
+A run in object storage keeps the folder locally and copies it to the bucket after each
+write (`keep`); a rerun, on any machine, starts from the bucket's copy.
 """
 
 from __future__ import annotations
@@ -15,14 +18,38 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.safety_config import SafetyStageConfig
+from rayalign import storage
 from rayalign.data.io import DataError
-from rayalign.storage import write_atomic
+from rayalign.storage import LocalMirror, write_atomic
 
 logger = logging.getLogger(__name__)
 
 
+_MIRRORS: dict[str, LocalMirror] = {}
+
+
+def data_files(config: SafetyStageConfig, fresh: bool = False) -> LocalMirror:
+    """The run's data folder (`<run>/data`, local or in object storage) as a local folder.
+    `fresh` (at the start of an attempt) reads it from storage again; otherwise the
+    attempt's folder is reused."""
+    path = storage.join(config.run_dir, "data")
+    if fresh or path not in _MIRRORS:
+        if path in _MIRRORS:  # every write was pushed when it was made
+            _MIRRORS.pop(path).close(push=False)
+        mirror = LocalMirror(path)
+        mirror.pull()
+        _MIRRORS[path] = mirror
+    return _MIRRORS[path]
+
+
 def data_dir(config: SafetyStageConfig) -> Path:
-    return config.run_dir / "data"
+    """The local folder of the run's data (`data_files`)."""
+    return data_files(config).local
+
+
+def keep(config: SafetyStageConfig) -> None:
+    """Copy the data folder to the run's storage (nothing to do for a local run)."""
+    data_files(config).push()
 
 
 def read_journal(path: Path) -> list[dict]:
@@ -70,12 +97,13 @@ def check_settings(config: SafetyStageConfig, settings: dict[str, Any]) -> None:
     settings = json.loads(json.dumps(settings))  # as it reads back
     if not path.exists():
         write_atomic(path, json.dumps(settings, indent=2) + "\n")
+        keep(config)
         return
     before = json.loads(path.read_text())
     changed = sorted(k for k in before.keys() | settings.keys() if before.get(k) != settings.get(k))
     if changed:
         raise ValueError(
-            f"{config.run.name}: {data_dir(config)} holds rows of an earlier attempt made "
+            f"{config.run.name}: {data_files(config).path} holds rows of an earlier attempt made "
             f"with other settings ({', '.join(changed)} changed; see {path}). Rerun with "
             "the same settings to continue it, or choose another run.name"
         )
@@ -95,7 +123,8 @@ def kept_progress(config: SafetyStageConfig) -> str:
                 kept.append(what.format(sum(1 for line in f if line.endswith(b"\n"))))
     if not kept:
         return "nothing kept yet; a rerun starts over"
-    return f"kept {', '.join(kept)} in {data}; rerun the same command to continue"
+    where = data_files(config).path
+    return f"kept {', '.join(kept)} in {where}; rerun the same command to continue"
 
 
 class Journal:
@@ -122,6 +151,7 @@ class Journal:
     def add(self, rows: list[dict]) -> None:
         """Keep a finished batch (each row with its item's "id") on disk, then in memory."""
         append_journal(self.path, rows)
+        keep(self.config)
         self.rows.update((row["id"], row) for row in rows)
         logger.info(f"[{self.config.run.name}] {len(self.rows)}/{self.total} {self.what}")
 

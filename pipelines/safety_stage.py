@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pipelines.constitution import Constitution, load_constitution
@@ -24,7 +23,8 @@ from pipelines.safety_config import (
     RLAIFStageConfig,
     SafetyStageConfig,
 )
-from pipelines.safety_journal import check_settings, data_dir, kept_progress
+from pipelines.safety_journal import check_settings, data_dir, data_files, keep, kept_progress
+from rayalign import storage
 from rayalign.cluster import init_ray
 from rayalign.config import EVAL_SPLIT, TRAIN_SPLIT, Source, load_config, resolve_local
 from rayalign.data.datasets import validate_rows
@@ -79,13 +79,16 @@ def read_prompt_conversations(
     return read_prompt_rows(source, split=split, limit=limit).conversations
 
 
-def write_split(config: SafetyStageConfig, split: str, rows: list[dict]) -> Path:
+def write_split(config: SafetyStageConfig, split: str, rows: list[dict]) -> str:
     """Validate `rows` in the split's TRL format, then write `<run>/data/<split>_train.jsonl`
-    atomically (a crash never leaves half a file)."""
-    path = data_dir(config) / f"{split}_train.jsonl"
+    atomically (a crash never leaves half a file). Returns its path in the run's storage,
+    where the follow-up stages' workers read it."""
+    name = f"{split}_train.jsonl"
+    path = data_dir(config) / name
     validate_rows(rows, SPLIT_FORMATS[split], str(path))
     write_jsonl(path, rows)
-    return path
+    keep(config)
+    return storage.join(data_files(config).path, name)
 
 
 def common_settings(config: SafetyStageConfig, prompts: list[list[dict]]) -> dict[str, Any]:
@@ -117,37 +120,39 @@ def policy_answers(
     logger.info(f"[{config.run.name}] sampling {len(prompts)} prompts")
     answers = sample_policy(config, prompts)
     write_atomic(path, "".join(json.dumps({"answers": a}) + "\n" for a in answers))
+    keep(config)
     return answers
 
 
-def finished_splits(config: SafetyStageConfig) -> tuple[dict[str, Path], dict] | None:
+def finished_splits(config: SafetyStageConfig) -> tuple[dict[str, str], dict] | None:
     """(splits, metrics) a previous attempt of this run wrote in full (its manifest exists)."""
     manifest = data_dir(config) / "manifest.json"
     if not manifest.exists():
         return None
     raw = json.loads(manifest.read_text())
-    splits = {k: Path(v) for k, v in raw.pop("splits").items()}
+    splits = dict(raw.pop("splits"))
     raw.pop("stage", None)
     return splits, raw
 
 
 def record_splits(
-    config: SafetyStageConfig, stage: str, splits: dict[str, Path], metrics: dict[str, float]
+    config: SafetyStageConfig, stage: str, splits: dict[str, str], metrics: dict[str, float]
 ) -> dict[str, DatasetEntry]:
     """Write the manifest (the data is complete) and register each split as a dataset
     named `<run>-<split>` in the registry's datasets section."""
-    manifest = {"stage": stage, "splits": {k: str(v) for k, v in splits.items()}, **metrics}
-    (data_dir(config) / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    registry = Registry(config.run_dir.parent)
+    manifest = {"stage": stage, "splits": splits, **metrics}
+    write_atomic(data_dir(config) / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    keep(config)
+    registry = Registry(storage.parent(config.run_dir))
     entries = {}
     for split, path in splits.items():
         entries[split] = DatasetEntry(
             name=f"{config.run.name}-{split}",
             stage=stage,
             format=SPLIT_FORMATS[split],
-            path=str(path),
+            path=path,
             parent=config.model.name_or_path,
-            rows=sum(1 for _ in path.open()),
+            rows=sum(1 for _ in (data_dir(config) / storage.basename(path)).open()),
             metrics=metrics,
         )
         registry.register_dataset(entries[split])
@@ -201,6 +206,7 @@ def policy_violations(config: SafetyStageConfig, constitution: Constitution) -> 
             return kept["rates"]
     rates = remote_violations(config, constitution, config.model.name_or_path)
     write_atomic(path, json.dumps({"measured_on": measured_on, "rates": rates}) + "\n")
+    keep(config)
     return rates
 
 
@@ -225,7 +231,7 @@ def sample_policy(config: SafetyStageConfig, prompts: list[list[dict]]) -> list[
         pool.shutdown()
 
 
-def run_follow_ups(config: SafetyStageConfig, splits: dict[str, Path]) -> RegistryEntry | None:
+def run_follow_ups(config: SafetyStageConfig, splits: dict[str, str]) -> RegistryEntry | None:
     """Train each `config.then` stage on its split; returns the last one's registry entry.
 
     Each follow-up runs as `<run>-<stage>` (rerunning resumes it) and starts from the
@@ -266,13 +272,13 @@ def add_metrics(config: SafetyStageConfig, entry: RegistryEntry, metrics: dict) 
     """Record more metrics on a registered checkpoint (e.g. its violation rates)."""
     entry.metrics.update(metrics)
     entry.created = time.time()
-    Registry(config.run_dir.parent).register(entry)
+    Registry(storage.parent(config.run_dir)).register(entry)
 
 
 def finish(
     config: SafetyStageConfig,
     constitution: Constitution,
-    splits: dict[str, Path],
+    splits: dict[str, str],
     datasets: dict[str, DatasetEntry],
     primary: str,
 ) -> RegistryEntry | DatasetEntry:
@@ -294,7 +300,7 @@ def finish(
     return entry
 
 
-Generate = Callable[[Constitution, list[list[dict]]], tuple[dict[str, Path], dict[str, float]]]
+Generate = Callable[[Constitution, list[list[dict]]], tuple[dict[str, str], dict[str, float]]]
 
 
 def run_safety_stage(
@@ -317,8 +323,8 @@ def run_safety_stage(
     prompts = read_prompt_conversations(config.data.prompts, limit=config.data.max_prompts)
     if validate:
         validate(constitution)
-    config.run_dir.mkdir(parents=True, exist_ok=True)
     init_ray(config.rollout.num_workers * config.rollout.cpus_per_worker + 2)
+    data_files(config, fresh=True)  # what earlier attempts kept, wherever they ran
     done = finished_splits(config)
     if done:
         splits, metrics = done

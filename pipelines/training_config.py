@@ -17,7 +17,6 @@ from rayalign.config import (
     RunConfig,
     Strict,
 )
-from rayalign.storage import is_uri, join
 
 
 class TrainingConfig(Strict):
@@ -122,6 +121,4 @@ class StageConfig(Strict):
     @property
     def run_dir(self) -> Path | str:
         """The run's folder: a local Path, or a URI (`s3://...`) in object storage."""
-        if is_uri(self.run.storage_path):
-            return join(self.run.storage_path, self.run.name)
-        return Path(self.run.storage_path).resolve() / self.run.name
+        return self.run.run_dir

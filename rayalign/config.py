@@ -13,6 +13,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rayalign.storage import is_uri, join
+
 
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names field and source."""
@@ -125,20 +127,15 @@ class RunConfig(Strict):
     storage_path: str = Field(
         "runs",
         description="Directory or object-storage URI (s3://bucket/prefix, gs://...) holding "
-        "runs, checkpoints and the registry. URIs: the offline stages (sft, reward_model, "
-        "dpo, kto) so far; RL and the safety stages need a local or shared filesystem.",
+        "runs, checkpoints and the registry, for every stage.",
     )
     seed: int = Field(0, description="Random seed for data order and initialisation.")
 
-    def local_run_dir(self, stage: str) -> Path:
-        """The run's folder for a stage that keeps it on a filesystem (mounted on every
-        node); a URI is refused by name."""
-        if "://" in self.storage_path:
-            raise ValueError(
-                f"run.storage_path {self.storage_path!r}: the {stage} stage keeps its run on "
-                "a local or shared filesystem so far; object storage works for the offline "
-                "stages (sft, reward_model, dpo, kto), whose checkpoints it can start from"
-            )
+    @property
+    def run_dir(self) -> Path | str:
+        """The run's folder: a local Path (absolute), or a URI in object storage."""
+        if is_uri(self.storage_path):
+            return join(self.storage_path, self.name)
         return Path(self.storage_path).resolve() / self.name
 
 

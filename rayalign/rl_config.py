@@ -292,7 +292,6 @@ class PPOStageConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> PPOStageConfig:
-        self.run.local_run_dir("RL")  # object storage: not yet, said before any actor starts
         if self.rl.algorithm in ("grpo", "rloo") and self.rl.group_size < 2:
             raise ValueError(f"rl.group_size must be >= 2 for {self.rl.algorithm}")
         if self.rl.drop_uniform_groups and self.rl.algorithm == "ppo":
@@ -320,5 +319,6 @@ class PPOStageConfig(Strict):
         return self.placement == "colocated"
 
     @property
-    def run_dir(self) -> Path:
-        return self.run.local_run_dir("RL")
+    def run_dir(self) -> Path | str:
+        """The run's folder: a local Path, or a URI (`s3://...`) in object storage."""
+        return self.run.run_dir

@@ -17,6 +17,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CACHE_ENV = "RAYALIGN_CACHE_DIR"
@@ -57,6 +59,11 @@ def join(base: str | Path, *parts: str) -> str:
     if is_uri(base):
         return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
     return str(Path(base, *parts))
+
+
+def basename(path: str | Path) -> str:
+    """The last part of a path or URI."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
 def parent(path: str | Path) -> str:
@@ -208,3 +215,77 @@ def local_copy(path: str) -> str:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+@contextmanager
+def local_folder_for(path: str | Path) -> Iterator[str]:
+    """A local folder to write what belongs at `path`: `path` itself when it is local, else
+    a temporary folder that is uploaded to `path` when the block ends without an error
+    (and removed either way)."""
+    if not is_uri(path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield str(path)
+        return
+    staging = tempfile.mkdtemp(prefix="rayalign-upload-")
+    try:
+        yield staging
+        upload(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class LocalMirror:
+    """A run folder's small files (logs, journals) kept in a local folder and copied to
+    object storage when `push` is called: appends and TensorBoard's writer need a local
+    file, and object stores have no append.
+
+    For a local `path` the folder is `path` itself and `pull`/`push` do nothing.
+
+    Args:
+        path: the run folder, a URI or a local path.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = resolve(path)
+        self.remote = is_uri(path)
+        self.local = Path(tempfile.mkdtemp(prefix="rayalign-run-")) if self.remote else Path(path)
+        self.local.mkdir(parents=True, exist_ok=True)
+
+    def pull(self, *names: str) -> None:
+        """Copy the files `names` (relative to the run folder; none: the whole folder) that
+        storage holds into the local folder, replacing what is there."""
+        if not self.remote:
+            return
+        if not names:
+            import pyarrow.fs as pafs
+
+            if exists(self.path):
+                fs, inner = filesystem(self.path)
+                pafs.copy_files(
+                    inner,
+                    str(self.local),
+                    source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem(),
+                )
+            return
+        for name in names:
+            source = join(self.path, name)
+            if exists(source):
+                target = self.local / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(read_text(source))
+
+    def push(self) -> None:
+        """Copy every local file to the run folder in storage (a file there that is not
+        here stays)."""
+        if self.remote:
+            upload(self.local, self.path)
+
+    def close(self, push: bool = True) -> None:
+        """Push (unless `push` is False), then remove a temporary local folder."""
+        if self.remote:
+            try:
+                if push:
+                    self.push()
+            finally:
+                shutil.rmtree(self.local, ignore_errors=True)

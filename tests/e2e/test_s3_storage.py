@@ -1,8 +1,9 @@
-"""Offline stages and serving with their storage in object storage only: a local S3
+"""Every kind of stage and serving with their storage in object storage only: a local S3
 server (moto), a `ray start` cluster, and drivers in scratch directories of their own.
 SFT is interrupted and resumed from the bucket, DPO starts from SFT's checkpoint in the
-bucket, the registry lives there too, and `rayalign serve` answers with the DPO
-checkpoint from the bucket; no run file reaches a local disk."""
+bucket, GRPO from DPO's and resumes from its own checkpoint there, the registry lives
+there too, and `rayalign serve` answers with GRPO's checkpoint from the bucket; no run
+file reaches a local disk."""
 
 from __future__ import annotations
 
@@ -63,11 +64,13 @@ def _start(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.Pop
     )
 
 
-def _driver(stage: str, overrides: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+def _driver(
+    stage: str, overrides: list[str], env: dict[str, str], cwd: Path, config: str | None = None
+) -> subprocess.Popen:
+    """`rayalign train stage` with configs/tiny/<config or stage>.yaml and `overrides`."""
     command = [sys.executable, "-m", "pipelines", "train", stage]
-    return _start(
-        [*command, "--config", str(ROOT / f"configs/tiny/{stage}.yaml"), *overrides], env, cwd
-    )
+    config_file = ROOT / f"configs/tiny/{config or stage}.yaml"
+    return _start([*command, "--config", str(config_file), *overrides], env, cwd)
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -89,9 +92,7 @@ def _committed(run: str) -> str | None:
         return None
 
 
-def test_sft_resumes_from_the_bucket_dpo_starts_from_it_serve_answers_with_it(
-    bucket_cluster, tmp_path
-):
+def test_sft_dpo_grpo_resume_from_the_bucket_and_serve_answers_from_it(bucket_cluster, tmp_path):
     env = bucket_cluster
     sft = [
         f"model.name_or_path={INPUTS}/tiny",
@@ -101,7 +102,10 @@ def test_sft_resumes_from_the_bucket_dpo_starts_from_it_serve_answers_with_it(
         "data.preference_eval=null",
         f"run.storage_path={RUNS}",
         "run.name=sft-s3",
-        "training.max_steps=40",
+        # Long enough after the first checkpoint that the SIGTERM, which the driver turns
+        # into an abort of the workers, lands before the last step: with 40 steps a fast
+        # machine finished and committed `final` first (CI, stop 32).
+        "training.max_steps=200",
         "training.global_batch_size=20",
         "training.save_steps=20",
         "training.logging_steps=10",
@@ -117,6 +121,7 @@ def test_sft_resumes_from_the_bucket_dpo_starts_from_it_serve_answers_with_it(
     out = _finish(first)
     assert first.returncode == 143, out[-3000:]
     kept = _committed(run)
+    assert kept.startswith("checkpoint-"), f"interrupted after the last step: {kept}"
     assert f"[sft] interrupted: kept {run}/{kept}" in out, out[-3000:]
 
     second = _driver("sft", sft, env, tmp_path / "second")  # another directory, same bucket
@@ -125,7 +130,7 @@ def test_sft_resumes_from_the_bucket_dpo_starts_from_it_serve_answers_with_it(
     attempts = [json.loads(x) for x in storage.read_text(f"{run}/attempts.jsonl").splitlines()]
     assert attempts[-1]["start_step"] == int(kept.split("-")[-1]) > 0
     entry = Registry(RUNS).get("sft-s3")
-    assert entry.path == f"{run}/final" and entry.step == 40
+    assert entry.path == f"{run}/final" and entry.step == 200
     assert "heldout_accuracy" in entry.metrics  # measured from the bucket's copy
     assert storage.exists(f"{run}/final/model.safetensors")
     assert storage.list_names(f"{run}/tensorboard")
@@ -147,27 +152,56 @@ def test_sft_resumes_from_the_bucket_dpo_starts_from_it_serve_answers_with_it(
     registry = Registry(RUNS).entries()
     assert registry["dpo-s3"].parent == entry.path
     assert registry["dpo-s3"].path == f"{RUNS}/dpo-s3/final" and registry["dpo-s3"].step == 4
+
+    # GRPO from DPO's checkpoint: two steps, then the same run to four, which resumes from
+    # the checkpoint, optimizer and logs it left in the bucket.
+    grpo = [
+        f"model.name_or_path={registry['dpo-s3'].path}",
+        f"data.prompts={INPUTS}/data/prompts_train.jsonl",
+        "data.prompts_eval=null",
+        f"run.storage_path={RUNS}",
+        "run.name=grpo-s3",
+        "rl.prompts_per_step=4",
+        "rl.group_size=2",
+        "rl.save_steps=2",
+        "rl.eval_steps=2",
+    ]
+    for steps, cwd in ((2, "fourth"), (4, "fifth")):
+        proc = _driver("ppo", [*grpo, f"rl.steps={steps}"], env, tmp_path / cwd, "grpo")
+        out = _finish(proc)
+        assert proc.returncode == 0, out[-3000:]
+    assert "resuming at step 2 from s3://rayalign/runs/grpo-s3/checkpoint-000002" in out, out
+    run = f"{RUNS}/grpo-s3"
+    assert json.loads(storage.read_text(f"{run}/state.json"))["step"] == 4
+    steps = [json.loads(x)["step"] for x in storage.read_text(f"{run}/metrics.jsonl").splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert storage.exists(f"{run}/checkpoint-000004/optimizer.pt")
+    assert storage.list_names(f"{run}/tensorboard")
+    grpo_entry = Registry(RUNS).get("grpo-s3")
+    assert grpo_entry.path == f"{run}/checkpoint-000004" and grpo_entry.step == 4
+    assert grpo_entry.parent == registry["dpo-s3"].path
+
     # Nothing of the runs on a local disk: the drivers' directories hold no run file.
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
     # Served from the bucket's registry: the replica serves its node's copy.
     port = free_port()
     command = [str(BIN / "rayalign"), "serve", "--registry", RUNS, "--port", str(port)]
-    command += ["--models", "dpo-s3", "--no-watch", "--set", "chat.max_model_len=128"]
+    command += ["--models", "grpo-s3", "--no-watch", "--set", "chat.max_model_len=128"]
     serve = _start(command, env, tmp_path)
     try:
         deadline, reply = time.time() + 300, None
         while reply is None or reply.status_code != 200:  # 404/503 while the engine starts
-            assert serve.poll() is None and time.time() < deadline, "dpo-s3 never answered"
+            assert serve.poll() is None and time.time() < deadline, "grpo-s3 never answered"
             time.sleep(1)
             with contextlib.suppress(httpx.HTTPError):
                 reply = httpx.post(
                     f"http://127.0.0.1:{port}/v1/chat/completions",
-                    json={"model": "dpo-s3", "messages": [{"role": "user", "content": "1 + 1?"}]},
+                    json={"model": "grpo-s3", "messages": [{"role": "user", "content": "1 + 1?"}]},
                     timeout=60,
                 )
         assert reply.json()["choices"][0]["message"]["role"] == "assistant"
-        assert served_models(port) == {"dpo-s3"}
+        assert served_models(port) == {"grpo-s3"}
     finally:
         serve.send_signal(signal.SIGINT)
         out = _finish(serve, timeout=120)

@@ -3,6 +3,7 @@ critique-and-revise runs against a live OpenAI-compatible endpoint (our own Serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def verbose_sft(ray_local, tiny_model, verbose_data, runs_dir):
     return stage.run(config)
 
 
-def _safety_overrides(policy: str, data: Path, runs: Path, name: str) -> list[str]:
+def _safety_overrides(policy: str, data: Path, runs: Path | str, name: str) -> list[str]:
     return [
         f"model.name_or_path={policy}",
         f"data.prompts={data / 'prompts_train.jsonl'}",
@@ -324,26 +325,30 @@ def test_a_checkpoint_critic_answers_like_greedy_transformers(ray_local, verbose
     assert sum(a.strip() == b.strip() for a, b in zip(replies, expected, strict=True)) >= 3
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_critique_and_revise_continues_where_a_failed_attempt_stopped(
-    verbose_sft, verbose_data, runs_dir, capsys
+    where, verbose_sft, verbose_data, runs_dir, capsys
 ):
     """The critic (a real HTTP server speaking the chat API) goes down for good after 16
     requests: the attempt fails having kept the policy's answers and two batches of revised
     chains. A torn last line is dropped, a rerun with other settings is refused, and the
     rerun continues: it asks the critic only about the rest, and its data equals that of a
-    run that never failed."""
-    import shutil
-
+    run that never failed. With the run in a bucket (a local S3 server), what the rerun
+    continues from is what the bucket holds."""
     from pipelines.chat_models import EndpointError
     from pipelines.constitutional import run_constitutional
+    from rayalign import storage
     from tests.http_stub import failing_server
+    from tests.s3_server import s3_server
+
+    runs = str(runs_dir) if where == "local" else "s3://rayalign/runs"
 
     def config(name: str, url: str, *extra: str) -> ConstitutionalStageConfig:
         return load_config(
             ConstitutionalStageConfig,
             ROOT / "configs" / "tiny" / "constitutional.yaml",
             [
-                *_safety_overrides(verbose_sft.path, verbose_data, runs_dir, name),
+                *_safety_overrides(verbose_sft.path, verbose_data, runs, name),
                 "data.prompts_eval=null",
                 "data.max_prompts=16",
                 "sampling.max_new_tokens=8",
@@ -356,51 +361,53 @@ def test_critique_and_revise_continues_where_a_failed_attempt_stopped(
             ],
         )
 
-    def chain_ids(journal: Path) -> list[int]:
-        return [json.loads(x)["id"] for x in journal.read_text().splitlines()]
+    def data(cfg, name: str) -> str:
+        return storage.join(cfg.run_dir, "data", name)
+
+    def chain_ids(journal: str) -> list[int]:
+        return [json.loads(x)["id"] for x in storage.read_text(journal).splitlines()]
 
     def sft_rows(cfg) -> list[dict]:
-        rows = load_validated(str(cfg.run_dir / "data" / "sft_train.jsonl"), "language_modeling")
+        text = storage.read_text(data(cfg, "sft_train.jsonl"))
+        rows = [json.loads(x) for x in text.splitlines()]
         for row in rows:
             row["provenance"].pop("run")
         return rows
 
-    with failing_server() as server:
+    with failing_server() as server, s3_server() if where == "s3" else contextlib.nullcontext():
         # Two batches of 4 chains, each a critique and a revision request; then 400s.
         server.script, server.then = [200] * 16, 400
-        cfg = config("cai-resume", server.url)
+        cfg = config(f"cai-resume-{where}", server.url)
         capsys.readouterr()
         with pytest.raises(EndpointError, match="HTTP 400"):
             run_constitutional(cfg)
-        data = cfg.run_dir / "data"
         assert (
-            f"[cai-resume] stopped: kept the policy's answers to 16 prompts, 8 revised "
-            f"answers in {data}; rerun the same command to continue"
+            f"[cai-resume-{where}] stopped: kept the policy's answers to 16 prompts, 8 revised "
+            f"answers in {storage.join(cfg.run_dir, 'data')}; rerun the same command to continue"
         ) in capsys.readouterr().out
-        answers = [
-            json.loads(x)["answers"] for x in (data / "answers.jsonl").read_text().splitlines()
-        ]
+        sampled = storage.read_text(data(cfg, "answers.jsonl"))
+        answers = [json.loads(x)["answers"] for x in sampled.splitlines()]
         total = sum(1 for texts in answers for t in texts if t.strip())
         assert len(answers) == 16 and total > 8
-        journal = data / "chains.jsonl"
+        journal = data(cfg, "chains.jsonl")
         assert chain_ids(journal) == list(range(8))
-        with journal.open("a") as f:  # an attempt killed while appending
-            f.write('{"id": 8, "chain": {"prompt_in')
-        sampled_at = (data / "answers.jsonl").stat().st_mtime_ns
+        storage.append_text(journal, '{"id": 8, "chain": {"prompt_in')  # killed mid-append
 
         with pytest.raises(ValueError, match=r"revisions changed"):
-            run_constitutional(config("cai-resume", server.url, "constitutional.revisions=2"))
+            run_constitutional(config(cfg.run.name, server.url, "constitutional.revisions=2"))
 
         server.then, before = 200, server.requests
+        capsys.readouterr()
         entry = run_constitutional(cfg)
+        assert "reusing the policy's answers" in capsys.readouterr().out  # not sampled again
         assert server.requests - before == 2 * (total - 8)  # only the chains not kept
         assert chain_ids(journal) == list(range(total))
-        assert (data / "answers.jsonl").stat().st_mtime_ns == sampled_at  # not sampled again
+        assert storage.read_text(data(cfg, "answers.jsonl")) == sampled
         assert entry.rows == len(sft_rows(cfg)) == total
+        assert entry.path == data(cfg, "sft_train.jsonl")
 
         # A run that never failed, from the same answers, writes the same rows.
-        straight = config("cai-straight", server.url)
-        (straight.run_dir / "data").mkdir(parents=True)
-        shutil.copy(data / "answers.jsonl", straight.run_dir / "data" / "answers.jsonl")
+        straight = config(f"cai-straight-{where}", server.url)
+        storage.write_text(data(straight, "answers.jsonl"), sampled)
         run_constitutional(straight)
         assert sft_rows(straight) == sft_rows(cfg)
