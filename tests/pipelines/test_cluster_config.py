@@ -116,6 +116,8 @@ def _doc_commands() -> list[list[str]]:
                 for stop in (">", "|", "&&"):  # keep the command, not what its output goes to
                     words = words[: words.index(stop)] if stop in words else words
                 commands.append(words)
+                if words[:2] == ["ray", "exec"]:  # and the command it runs on the head
+                    commands.append(shlex.split(words[3]))
     return commands
 
 
@@ -155,3 +157,47 @@ def test_docs_ray_commands_exist():
     for sub in subcommands:
         proc = subprocess.run([str(ray), *sub, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0, (sub, proc.stderr[-500:])
+
+
+def _named_paths(value) -> set[str]:
+    """Every storage URI or absolute path in a config's values."""
+    if isinstance(value, dict):
+        return set().union(*(_named_paths(v) for v in value.values()), set())
+    if isinstance(value, list):
+        return set().union(*(_named_paths(v) for v in value), set())
+    if isinstance(value, str) and (value.startswith("/") or "://" in value):
+        return {value}
+    return set()
+
+
+def test_every_path_the_cluster_configs_read_is_written_by_a_documented_step(tmp_path):
+    """Walking docs/cluster.md in order on a real cluster leaves nothing missing: each
+    bucket path a config in configs/cluster/ reads is written by the docs' data step
+    (`rayalign data make --out`, run here to see which files it writes) or registered by
+    another config's stage; no config names a node's local disk."""
+    bucket = {"$BUCKET": "MY-BUCKET"}  # the docs' sed puts the same bucket in both
+    produced: set[str] = set()
+    makes = [c for c in _doc_commands() if c[:1] != ["sed"] and "data" in c and "make" in c]
+    assert makes, "docs/cluster.md writes no task data"
+    for words in makes:
+        args = words[words.index("rayalign") + 1 :]
+        out = args[args.index("--out") + 1]
+        for old, new in bucket.items():
+            out = out.replace(old, new)
+        local = tmp_path / "data"
+        args[args.index("--out") + 1] = str(local)
+        subprocess.run(
+            [sys.executable, "-m", "pipelines", *args, "--n-train", "20", "--n-test", "10"],
+            check=True,
+            capture_output=True,
+        )
+        produced |= {f"{out}/{p.name}" for p in local.iterdir()}
+    configs = {p.name: _stage_config(p) for p in sorted((ROOT / "configs/cluster").glob("*.yaml"))}
+    for config in configs.values():
+        if hasattr(config, "run"):  # a stage: its registry and its final checkpoint
+            produced |= {config.run.storage_path, f"{config.run.run_dir}/final"}
+    for name, config in configs.items():
+        written = {config.run.storage_path} if hasattr(config, "run") else set()
+        for path in _named_paths(config.model_dump(mode="json")) - written:
+            assert path.startswith("s3://"), f"{name}: {path} is on one node's disk"
+            assert path in produced, f"{name}: nothing in docs/cluster.md writes {path}"
