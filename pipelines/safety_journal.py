@@ -33,13 +33,21 @@ def data_files(config: SafetyStageConfig, fresh: bool = False) -> LocalMirror:
     `fresh` (at the start of an attempt) reads it from storage again; otherwise the
     attempt's folder is reused."""
     path = storage.join(config.run_dir, "data")
-    if fresh or path not in _MIRRORS:
-        if path in _MIRRORS:  # every write was pushed when it was made
-            _MIRRORS.pop(path).close(push=False)
+    if fresh:
+        release(config)
+    if path not in _MIRRORS:
         mirror = LocalMirror(path)
         mirror.pull()
         _MIRRORS[path] = mirror
     return _MIRRORS[path]
+
+
+def release(config: SafetyStageConfig) -> None:
+    """Forget the attempt's local copy of the data folder (a temporary folder for a run in
+    object storage, removed here); every write was pushed when it was made."""
+    mirror = _MIRRORS.pop(storage.join(config.run_dir, "data"), None)
+    if mirror is not None:
+        mirror.close(push=False)
 
 
 def data_dir(config: SafetyStageConfig) -> Path:

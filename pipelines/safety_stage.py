@@ -23,7 +23,14 @@ from pipelines.safety_config import (
     RLAIFStageConfig,
     SafetyStageConfig,
 )
-from pipelines.safety_journal import check_settings, data_dir, data_files, keep, kept_progress
+from pipelines.safety_journal import (
+    check_settings,
+    data_dir,
+    data_files,
+    keep,
+    kept_progress,
+    release,
+)
 from rayalign import storage
 from rayalign.cluster import init_ray
 from rayalign.config import EVAL_SPLIT, TRAIN_SPLIT, Source, load_config, resolve_local
@@ -325,17 +332,20 @@ def run_safety_stage(
         validate(constitution)
     init_ray(config.rollout.num_workers * config.rollout.cpus_per_worker + 2)
     data_files(config, fresh=True)  # what earlier attempts kept, wherever they ran
-    done = finished_splits(config)
-    if done:
-        splits, metrics = done
-        logger.info(f"[{config.run.name}] reusing the data of an earlier attempt")
-    else:
-        policy = policy_violations(config, constitution)
-        try:
-            splits, metrics = generate(constitution, prompts)
-        except BaseException:  # also Ctrl-C and SIGTERM: say what a rerun continues from
-            logger.info(f"[{config.run.name}] stopped: {kept_progress(config)}")
-            raise
-        metrics.update({f"policy_{k}": v for k, v in policy.items()})
-    datasets = record_splits(config, stage, splits, metrics)
-    return finish(config, constitution, splits, datasets, primary)
+    try:
+        done = finished_splits(config)
+        if done:
+            splits, metrics = done
+            logger.info(f"[{config.run.name}] reusing the data of an earlier attempt")
+        else:
+            policy = policy_violations(config, constitution)
+            try:
+                splits, metrics = generate(constitution, prompts)
+            except BaseException:  # also Ctrl-C and SIGTERM: say what a rerun continues from
+                logger.info(f"[{config.run.name}] stopped: {kept_progress(config)}")
+                raise
+            metrics.update({f"policy_{k}": v for k, v in policy.items()})
+        datasets = record_splits(config, stage, splits, metrics)
+        return finish(config, constitution, splits, datasets, primary)
+    finally:
+        release(config)

@@ -4,14 +4,14 @@ commands docs/cluster.md shows exist."""
 from __future__ import annotations
 
 import json
-import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.doc_commands import doc_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = yaml.safe_load((ROOT / "cluster.yaml").read_text())
@@ -105,20 +105,7 @@ def test_cluster_configs_load_and_fit_the_node_types(path):
 
 
 def _doc_commands() -> list[list[str]]:
-    text = (ROOT / "docs" / "cluster.md").read_text()
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        joined = re.sub(r"\\\n\s*", " ", block)
-        for line in joined.splitlines():
-            line = line.split("  #")[0].strip()
-            if line:
-                words = shlex.split(line)
-                for stop in (">", "|", "&&"):  # keep the command, not what its output goes to
-                    words = words[: words.index(stop)] if stop in words else words
-                commands.append(words)
-                if words[:2] == ["ray", "exec"]:  # and the command it runs on the head
-                    commands.append(shlex.split(words[3]))
-    return commands
+    return doc_commands("docs/cluster.md")
 
 
 def test_docs_rayalign_commands_parse():

@@ -8,43 +8,21 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.doc_commands import bash_blocks, doc_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "docs/guide.md")
-
-
-def bash_blocks(doc: str) -> list[list[list[str]]]:
-    """Each ```bash block of `doc` as its commands' words: line continuations joined,
-    comments dropped, optional `[...]` parts of a synopsis left out."""
-    text = (ROOT / doc).read_text()
-    blocks = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        commands = []
-        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
-            words, optional = [], False
-            for word in shlex.split(line, comments=True):
-                optional = optional or word.startswith("[")
-                if not optional:
-                    words.append(word)
-                optional = optional and not word.endswith("]")
-            if words:
-                commands.append(words)
-        blocks.append(commands)
-    return blocks
 
 
 def rayalign_commands() -> list[tuple[str, list[str]]]:
     return [
         (doc, words[words.index("rayalign") + 1 :])
         for doc in DOCS
-        for block in bash_blocks(doc)
-        for words in block
+        for words in doc_commands(doc)
         if "rayalign" in words
     ]
 
@@ -61,7 +39,7 @@ def test_every_rayalign_command_parses_and_its_train_config_loads():
         parsed, extra = build_parser().parse_known_args(args)  # SystemExit: unknown flag
         assert not extra or parsed.command == "train", (doc, args)
         if parsed.command == "train":
-            overrides = [*parsed.overrides, *extra] if hasattr(parsed, "overrides") else extra
+            overrides = [*parsed.overrides, *extra]
             load_config(load_stage(parsed.stage).config_cls, ROOT / parsed.config, overrides)
             trained.add(parsed.stage)
     assert {"sft", "reward_model", "dpo", "kto", "ppo", "constitutional", "rlaif"} <= trained
@@ -90,13 +68,14 @@ def test_the_readme_cli_block_runs_as_written(tmp_path):
     assert (tmp_path / "r" / "prompts_test.jsonl").is_file()
 
 
-@pytest.mark.parametrize("doc", DOCS)
-def test_job_entrypoints_in_the_docs_use_the_one_form(doc):
-    """Every `python -m` in the docs is `python -m pipelines train STAGE --config FILE`."""
-    for block in bash_blocks(doc):
-        for words in block:
-            if "-m" in words and "python" in words[words.index("-m") - 1]:
-                assert words[words.index("-m") + 1 : words.index("-m") + 3] == [
-                    "pipelines",
-                    "train",
-                ], words
+def test_job_entrypoints_in_the_docs_use_the_one_form():
+    """Every `python -m` in the docs is `python -m pipelines train STAGE --config FILE`
+    (docs/cluster.md's are checked in test_cluster_config.py)."""
+    entrypoints = [
+        words[words.index("-m") + 1 : words.index("-m") + 3]
+        for doc in DOCS
+        for words in doc_commands(doc)
+        if "-m" in words and "python" in words[words.index("-m") - 1]
+    ]
+    assert entrypoints, "the README shows no job entrypoint"
+    assert all(e == ["pipelines", "train"] for e in entrypoints), entrypoints
