@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import ray
 import torch
 
 from actors.batches import PromptRequest, Sample, SamplingOptions, ScoredBatch, TrainBatch
-from actors.rollout_pool import RolloutPool
-from actors.run_controller import start_controller
-from pipelines.rl_actors import RLActors, build_learners
-from pipelines.rl_checkpoint import RunState
-from rayalign.rl_config import PPOStageConfig, RLConfig
+
+if TYPE_CHECKING:
+    from pipelines.rl_actors import RLActors
+    from pipelines.rl_checkpoint import RunState
+    from rayalign.rl_config import PPOStageConfig, RLConfig
 
 
 def logprob_at(version: int) -> float:
@@ -170,6 +171,12 @@ def stand_in_actors(
 ) -> RLActors:
     """The actor group of `config`, resuming from `state`, with every role a stand-in (the
     real pool and controller). Generation workers take `delay_s` per chunk."""
+    # Imported here, on the driver: each stand-in actor's process imports this module, and
+    # the learner's modules bring transformers (9 s of imports per actor on 2 cores, not 3).
+    from actors.rollout_pool import RolloutPool
+    from actors.run_controller import start_controller
+    from pipelines.rl_actors import RLActors, build_learners
+
     controller = start_controller(config.run.name, config.rollout.num_workers)
     worker = ray.remote(num_cpus=0)(StandInWorker)
     pool = RolloutPool(
