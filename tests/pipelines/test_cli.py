@@ -1,5 +1,6 @@
-"""The CLI as a user types it, in fresh processes: bad input, the safety stages' checks,
-data to a bucket (the README's own commands run in test_readme_commands.py)."""
+"""The CLI as a user types it (fresh processes, or `main` in this one where a check stops
+before any work): bad input, the safety stages' checks, data to a bucket (the README's own
+commands run in test_readme_commands.py)."""
 
 import subprocess
 import sys
@@ -25,44 +26,40 @@ def test_bad_input_exits_2_with_message(tmp_path):
     assert proc.returncode == 2 and f"{bad}, row 2: not valid JSON" in proc.stderr
 
 
-def _safety_job(stage, *overrides):
-    """A safety stage as its Ray job entrypoint runs it (python -m pipelines train <stage>)."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines",
-            "train",
-            stage,
-            "--config",
-            f"configs/tiny/{stage}.yaml",
-        ]
-        + list(overrides),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _safety_job(capsys, stage, *overrides):
+    """A safety stage as its Ray job entrypoint runs it (python -m pipelines train <stage>),
+    in this process: (exit code, stderr). These checks stop before Ray or a model, so a
+    fresh process would add only its imports (12 s each on 2 cores)."""
+    from pipelines.cli import main
+
+    capsys.readouterr()
+    code = main(["train", stage, "--config", f"configs/tiny/{stage}.yaml", *overrides])
+    return code, capsys.readouterr().err
 
 
-def test_safety_stages_reject_bad_input_before_any_work(tmp_path):
-    proc = _safety_job("rlaif", "sampling.samples_per_prompt=1")
-    assert proc.returncode == 2 and "samples_per_prompt >= 2" in proc.stderr
+def test_safety_stages_reject_bad_input_before_any_work(tmp_path, capsys):
+    code, err = _safety_job(capsys, "rlaif", "sampling.samples_per_prompt=1")
+    assert code == 2 and "samples_per_prompt >= 2" in err
 
     constitution = tmp_path / "c.yaml"
     constitution.write_text("name: c\nprinciples:\n  - {name: a, critique_request: x}\n")
-    proc = _safety_job("constitutional", f"constitution={constitution}")
-    assert proc.returncode == 2
-    assert str(constitution) in proc.stderr and "principles.0.revision_request" in proc.stderr
+    code, err = _safety_job(capsys, "constitutional", f"constitution={constitution}")
+    assert code == 2
+    assert str(constitution) in err and "principles.0.revision_request" in err
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "What is 1 + 1?"}\n{"prompt": 7}\n')
-    proc = _safety_job("rlaif", f"data.prompts={prompts}", f"run.storage_path={tmp_path}/runs")
-    assert proc.returncode == 2 and f"{prompts}, row 2, field 'prompt': expected" in proc.stderr
+    code, err = _safety_job(
+        capsys, "rlaif", f"data.prompts={prompts}", f"run.storage_path={tmp_path}/runs"
+    )
+    assert code == 2 and f"{prompts}, row 2, field 'prompt': expected" in err
     assert not (tmp_path / "runs").exists()  # stopped before writing anything
 
     prompts.write_text('{"prompt": "What is 1 + 1?"}\n')
-    proc = _safety_job("rlaif", f"data.prompts={prompts}", "rlaif.labeller.function=nope")
-    assert proc.returncode == 2 and "'module:function'" in proc.stderr
+    code, err = _safety_job(
+        capsys, "rlaif", f"data.prompts={prompts}", "rlaif.labeller.function=nope"
+    )
+    assert code == 2 and "'module:function'" in err
 
 
 def test_data_make_writes_the_task_to_a_bucket(tmp_path):
