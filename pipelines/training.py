@@ -217,11 +217,10 @@ def run_stage(stage: Stage, config: StageConfig) -> RegistryEntry:
     else:
         final_path, trained = _fit(stage, config, run_dir)
     step = int(_read_json(storage.join(final_path, "trainer_state.json"))["global_step"])
-    if not trained.pop(MEASURED, None):  # the rank-0 worker measures what it trains
+    metrics = dict(trained)
+    if not metrics.pop(MEASURED, None):  # the rank-0 worker measures what it trains
         logger.info(f"[{stage.name}] measuring {final_path}")
-        measured = ray.remote(num_cpus=1)(_measure).remote(stage, config, final_path)
-        trained = {**trained, **ray.get(measured)}
-    metrics = trained
+        metrics.update(ray.get(ray.remote(num_cpus=1)(_measure).remote(stage, config, final_path)))
     entry = RegistryEntry(
         name=config.register_as or config.run.name,
         stage=stage.name,
