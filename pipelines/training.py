@@ -11,6 +11,7 @@ and registration in the run registry.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from transformers import Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
 
+from pipelines.stage_registry import REGISTRY as STAGE_REGISTRY
 from pipelines.stage_registry import StageDefinition
 from pipelines.train_callbacks import (
     ReportCallback,
@@ -83,7 +85,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     import ray.train
 
     configure_logging()  # this worker's progress lines reach the job's log
-    stage: Stage = cfg["stage"]
+    stage = _resolve_stage(cfg["stage"])
     config = stage.config_cls.model_validate(cfg["config"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -257,7 +259,10 @@ def _fit(stage: Stage, config: StageConfig, run_dir) -> tuple[str, dict[str, flo
     trainer = _StoppableTrainer(
         _worker_loop,
         # The Stage's functions travel by reference: the worker imports the stage module.
-        train_loop_config={"stage": stage, "config": config.model_dump(mode="json")},
+        train_loop_config={
+            "stage": _portable_stage(stage),
+            "config": config.model_dump(mode="json"),
+        },
         torch_config=TorchConfig(backend="nccl" if config.resources.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=config.resources.num_workers,
@@ -287,6 +292,27 @@ def _fit(stage: Stage, config: StageConfig, run_dir) -> tuple[str, dict[str, flo
         if k != "final" and isinstance(v, int | float)
     }
     return _final_checkpoint_path(result, run_dir), metrics
+
+
+def _portable_stage(stage: Stage) -> Stage | str:
+    """The stage as Ray Train's controller carries it: the registry's name for a registered
+    stage, else the object.
+
+    The controller unpickles `train_loop_config` (it is part of the run's context), and a
+    `Stage` object made it import this module and the stage's, with transformers and TRL:
+    10 s of a 2-core machine's time on every run, on the way to starting the workers.
+    """
+    registered = STAGE_REGISTRY.get(stage.name)
+    if registered and getattr(importlib.import_module(registered.module), "TRAINER", None) is stage:
+        return stage.name
+    return stage
+
+
+def _resolve_stage(stage: Stage | str) -> Stage:
+    """The `Stage` that `_portable_stage` gave (in the worker, which imports it anyway)."""
+    if isinstance(stage, str):
+        return importlib.import_module(STAGE_REGISTRY[stage].module).TRAINER
+    return stage
 
 
 class _StoppableTrainer(TorchTrainer):
