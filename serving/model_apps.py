@@ -19,7 +19,7 @@ from ray.serve.llm import LLMConfig, ModelLoadingConfig, build_llm_deployment
 
 from rayalign.registry import Kind, RegistryEntry
 from serving.config import ChatAppArgs, ChatModelOptions, RewardAppArgs, RewardModelOptions
-from serving.ray_llm_adapter import engine_init_callback
+from serving.ray_llm_adapter import IN_PROCESS_WORKER_ENV, engine_init_callback
 from serving.reward_server import RewardModelServer
 
 APP_PREFIX = "rayalign-"
@@ -54,6 +54,7 @@ def llm_config(name: str, path: str, options: ChatModelOptions) -> LLMConfig:
         # them between kernels: a spinning engine takes the cores the proxy, the ingress
         # and the other engines need (bench/NOTES.md, the soak).
         env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_WAIT_POLICY": "passive"}
+        env[IN_PROCESS_WORKER_ENV] = "0"  # vLLM's worker in the engine core's process
         # In bytes, unlike VLLM_CPU_KVCACHE_SPACE (whole GiB), which the engine init
         # callback clears from the replica's environment so that this one counts.
         engine_kwargs["kv_cache_memory_bytes"] = int(options.cpu_kvcache_gib * 2**30)

@@ -23,6 +23,8 @@ import os
 #   `ray.serve.llm.openai_api_models` exports the request and completion types only.
 # - DEFAULT_ENDPOINTS: the route decorators (paths, response models) of the OpenAI routes
 #   that `make_fastapi_ingress` binds; there is no public copy of them.
+# - VLLMEngineConfig: the engine config an `LLMConfig` caches; `InProcessWorkerConfig`
+#   changes the executor it asks vLLM for (see there).
 # - init: builds the FastAPI app with ray.serve.llm's middlewares (OpenAI error bodies for
 #   its exceptions, request ids, CORS, HTTP metrics). The public `make_fastapi_ingress`
 #   builds that app only when given none, and rayalign adds middlewares and routes first.
@@ -30,6 +32,7 @@ from ray.llm._internal.common.callbacks.base import CallbackBase, CallbackConfig
 from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard, ModelList
 from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
 from ray.llm._internal.serve.core.ingress.ingress import init as openai_fastapi_app
+from ray.llm._internal.serve.engines.vllm.vllm_models import VLLMEngineConfig
 from ray.serve.handle import DeploymentHandle
 
 # Public names where ray.serve.llm has them.
@@ -99,6 +102,8 @@ class EngineInitCallback(CallbackBase):
       on two cores queue behind them).
     - Drops an inherited VLLM_CPU_KVCACHE_SPACE (whole GiB, and it overrides the
       engine's own `kv_cache_memory_bytes`) before the engine's processes start.
+    - On CPU, runs the vLLM worker inside the engine-core process
+      (`InProcessWorkerConfig`).
     """
 
     async def on_before_node_init(self) -> None:
@@ -114,6 +119,41 @@ class EngineInitCallback(CallbackBase):
             self.ctx.run_init_node = False
         if "kv_cache_memory_bytes" in self.llm_config.engine_kwargs:
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+        if os.environ.get(IN_PROCESS_WORKER_ENV) == "0":
+            config = self.llm_config.get_engine_config()  # built once, cached by LLMConfig
+            if type(config) is VLLMEngineConfig:
+                config.__class__ = InProcessWorkerConfig
+
+
+# Set to "0" in a CPU replica's environment (serving.model_apps), it turns on
+# `InProcessWorkerConfig`; vLLM's CPU platform reads it to keep the in-process executor.
+IN_PROCESS_WORKER_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+
+
+class InProcessWorkerConfig(VLLMEngineConfig):
+    """The engine config of a CPU replica, asking vLLM for its in-process executor.
+
+    `ray.serve.llm` asks vLLM for the multiprocessing executor on CPU, which spawns one
+    worker process beside the engine-core process even for a single worker. Each spawned
+    process imports torch and vLLM again: on two cores the second one cost 12.7 s of a
+    tiny model's 31 s engine start (18.5 s without it, measured with vLLM's `AsyncLLM`
+    directly). The engine core still runs in its own process (`AsyncLLM` always does);
+    only the worker moves into it.
+
+    vLLM wants the multiprocessing executor on CPU so that the worker can pin OpenMP
+    threads before torch starts them; rayalign's CPU replicas never pin
+    (VLLM_CPU_OMP_THREADS_BIND=nobind), and the GenerationWorker actors run vLLM's
+    worker in process the same way. vLLM keeps the in-process executor only where
+    VLLM_ENABLE_V1_MULTIPROCESSING is 0 (its CPU platform's check), which changes nothing
+    else for `AsyncLLM`.
+    """
+
+    __slots__ = ()
+
+    def get_initialization_kwargs(self) -> dict:
+        kwargs = super().get_initialization_kwargs()
+        kwargs["distributed_executor_backend"] = "uni"
+        return kwargs
 
 
 def engine_init_callback() -> CallbackConfig:
