@@ -42,3 +42,19 @@ def test_config_reference_covers_every_registered_stage():
     text = render()
     for name, entry in REGISTRY.items():
         assert f"## {name}\n" in text and entry.summary in text
+
+
+def test_ray_train_carries_a_registered_stage_by_name_and_another_by_value():
+    """The train loop's config crosses to Ray Train's controller, which unpickles it: a
+    registered stage goes by name (the controller then imports no trainer module), one the
+    registry does not hold goes as the object; the worker gets the same `Stage` back."""
+    import dataclasses
+    import pickle
+
+    from pipelines.sft import TRAINER
+    from pipelines.training import _portable_stage, _resolve_stage
+
+    carried = _portable_stage(TRAINER)
+    assert carried == "sft" and _resolve_stage(pickle.loads(pickle.dumps(carried))) is TRAINER
+    custom = dataclasses.replace(TRAINER, owned={})  # same name, not the registry's object
+    assert _portable_stage(custom) is custom and _resolve_stage(custom) is custom
