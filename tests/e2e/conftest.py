@@ -33,10 +33,11 @@ def head_node():
         yield HeadNode(head.jobs, head.gcs, env)
 
 
-def start_serve(registry: Path, port: int, head: HeadNode) -> subprocess.Popen:
-    """`rayalign serve` for `registry` on `port` against the head node, without the watch."""
+def start_serve(registry: Path, port: int, head: HeadNode, *args: str) -> subprocess.Popen:
+    """`rayalign serve` for `registry` on `port` against the head node, without the watch,
+    with `args` (e.g. `--models NAME`) added."""
     command = [str(BIN / "rayalign"), "serve", "--registry", str(registry), "--port", str(port)]
-    command += ["--no-watch", "--address", head.gcs, "--set", "chat.max_model_len=128"]
+    command += ["--no-watch", "--address", head.gcs, "--set", "chat.max_model_len=128", *args]
     return subprocess.Popen(
         command, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

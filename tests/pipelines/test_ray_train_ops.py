@@ -1,4 +1,8 @@
-"""Ray Train operations: data parallelism, a killed worker, an interrupted driver."""
+"""Ray Train operations: data parallelism, a killed worker, merging with the start.
+
+An interrupted driver and its rerun are tested where a user meets them: the pipeline
+runner's stage (tests/e2e/test_pipeline_run.py: epochs, logs and TensorBoard each step
+once) and a driver with its storage in a bucket (tests/e2e/test_s3_storage.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
-    checkpoint_committed,
     cluster_processes,
-    run_cli_driver,
     stage_config,
-    start_cli_driver,
-    tensorboard_steps,
 )
 
 pytestmark = pytest.mark.slow
@@ -124,66 +124,6 @@ def test_killed_worker_resumes_from_last_checkpoint(
     attempts = _attempts(config.run_dir)
     assert len(attempts) == 2 and attempts[0]["start_step"] == 0
     assert attempts[1]["start_step"] >= 20 and attempts[1]["start_step"] % 20 == 0
-
-
-def test_interrupted_driver_rerun_resumes_at_saved_step(
-    ray_local, tiny_model, arithmetic_data, runs_dir
-):
-
-    _, config = _tiny_sft(tiny_model, arithmetic_data, runs_dir, "rerun")
-    args = [
-        "train",
-        "sft",
-        "--config",
-        str(Path(__file__).parents[2] / "configs/tiny/sft.yaml"),
-        f"model.name_or_path={tiny_model}",
-        f"data.train={arithmetic_data / 'sft_train.jsonl'}",
-        "data.eval=null",
-        "data.prompts_eval=null",
-        "data.preference_eval=null",
-        f"run.storage_path={runs_dir}",
-        "run.name=rerun",
-        "training.max_steps=160",
-        # 400 rows in batches of 20: every checkpoint falls at the end of an epoch, where
-        # a resume that skips the whole next epoch would train nothing (verl #7401).
-        "training.global_batch_size=20",
-        "training.save_steps=20",
-        "training.logging_steps=5",
-    ]
-    # Both drivers attach to the session's cluster; killing one ends its job like a lost driver.
-    first = start_cli_driver(args)
-    try:
-        # Stopped once Ray Train has committed a checkpoint (a directory alone may not be
-        # resumable yet: the rerun then starts at step 0) and a few steps more.
-        _wait_for(lambda: checkpoint_committed(config.run_dir), 300, "the first checkpoint")
-        time.sleep(2)
-        first.send_signal(signal.SIGTERM)
-        out, _ = first.communicate(timeout=120)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
-    assert first.returncode == 143, out[-3000:]
-    kept = json.loads((config.run_dir / "checkpoint_manager_snapshot.json").read_text())
-    kept = kept["latest_checkpoint_result"]["checkpoint_dir_name"]
-    assert f"[sft] interrupted: kept {config.run_dir / kept}" in out, out[-3000:]
-    saved = sorted(p.name for p in config.run_dir.glob("checkpoint-*"))
-    second = run_cli_driver(args)
-    assert second.returncode == 0, second.stderr[-3000:]
-    attempts = _attempts(config.run_dir)
-    resumed_at = attempts[-1]["start_step"]
-    assert resumed_at > 0 and f"checkpoint-{resumed_at:06d}" in saved
-    registered = next(
-        x for x in reversed(second.stdout.splitlines()) if x.startswith('{"registered"')
-    )
-    assert json.loads(registered)["step"] == 160
-    final = json.loads((config.run_dir / "final" / "trainer_state.json").read_text())
-    assert final["epoch"] == pytest.approx(8.0)
-    # The resumed epochs were trained, each step once: from the checkpoint's history on.
-    assert [h["step"] for h in final["log_history"] if "loss" in h] == list(range(5, 161, 5))
-    # Each logged step once in TensorBoard, although the first attempt logged past the
-    # checkpoint the rerun resumed from.
-    assert tensorboard_steps(config.run_dir, "train/loss") == list(range(5, 161, 5))
 
 
 def test_merge_with_start_interpolates_the_final_checkpoint_once(
