@@ -16,6 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # From the SFT checkpoint (sums learnt, half the answers in sentences): 0.42 -> 0.88 held-out
 # exact match in 30 steps when written.
 GRPO_GAIN = 0.25
+# The split placement runs the same algorithm with another weight transport: 10 steps show
+# that every update reached the worker (the mismatch gate, each step) and that it learns.
+# Held-out exact match at step 10 from the same start: 0.78 (configs/tiny/grpo.yaml), 0.84
+# (bench.rl_vs_trl, sync), 0.66 with one-step-stale samples (async).
+SPLIT_STEPS, SPLIT_GAIN = 10, 0.1
 
 
 def _rl_config(name: str, policy: Path, data: Path, runs: Path, *extra: str) -> PPOStageConfig:
@@ -47,6 +52,7 @@ def test_grpo_raises_heldout_accuracy(ray_local, sft_entry, easy_data, runs_dir,
         runs_dir,
         f"placement={placement}",
         f"run.name=grpo-{placement}",
+        *([f"rl.steps={SPLIT_STEPS}"] if placement == "split" else []),
     )
     before = sft_entry.metrics["heldout_accuracy"]  # the same greedy held-out measure
     entry = run_rl(config)
@@ -56,7 +62,7 @@ def test_grpo_raises_heldout_accuracy(ray_local, sft_entry, easy_data, runs_dir,
         f"GRPO held-out accuracy {before:.2f} -> {after:.2f}; rewards",
         [round(r["reward"], 2) for r in rows],
     )
-    assert after >= before + GRPO_GAIN
+    assert after >= before + (SPLIT_GAIN if placement == "split" else GRPO_GAIN)
     assert max(r["logprob_mismatch"] for r in rows) < config.rl.max_logprob_mismatch
     assert [r["step"] for r in rows] == list(range(1, config.rl.steps + 1))
     if placement == "split":  # every sync reached the worker over the weight group
