@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from rayalign.data.io import read_jsonl
-from tests.serving.conftest import API_KEY, register_tiny
+from tests.serving.conftest import API_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -116,13 +116,18 @@ def test_rl_remote_reward_reads_the_served_reward_model(endpoint, rm_entry, easy
     assert served == pytest.approx(local.tolist(), abs=1e-3)
 
 
-def test_publish_while_another_model_streams_then_remove_while_requests_race(
-    endpoint, client, http
+def test_lora_checkpoint_published_while_another_streams_answers_like_it_measured_then_removed(
+    endpoint, client, http, lora_sft_entry, bare_data
 ):
-    """A model published while another streams, then removed while requests to it race
-    the removal (one engine start for both: half a minute on two cores)."""
+    """The LoRA SFT checkpoint (adapters merged at registration), published while another
+    model streams, gives the held-out answers its registration measured; then it is
+    removed while requests to it race the removal (one engine start for all of it: half
+    a minute on two cores)."""
+    from rayalign.registry import Registry
+    from rayalign.rewards import exact_match_reward
     from serving.deploy import RegistryWatch
 
+    name = lora_sft_entry.name
     results: list[tuple[int, str]] = []
     errors: list[BaseException] = []
     done = threading.Event()
@@ -151,50 +156,35 @@ def test_publish_while_another_model_streams_then_remove_while_requests_race(
     thread = threading.Thread(target=keep_streaming)
     thread.start()
     try:
-        register_tiny(endpoint.registry, "late", seed=2)
+        Registry(endpoint.registry).register(lora_sft_entry)
         added, removed = RegistryWatch(endpoint.config).sync()
     finally:
         done.set()
         thread.join(timeout=300)
-    assert added == ["late"] and removed == []
-    assert not errors, errors
-    assert len(results) >= 2, "the stream did not overlap the publication"
-    assert all(finish == "length" for _, finish in results), results
-    deadline = time.time() + 10  # the ingress refreshes its model list every second
-    while "late" not in {m.id for m in client.models.list().data}:
-        assert time.time() < deadline, "the published model never appeared in /v1/models"
-        time.sleep(0.5)
-    _greedy(client, "late")
-    _remove_while_requests_race(endpoint, client, http, "late")
-
-
-def test_a_lora_checkpoint_answers_like_it_measured(endpoint, client, lora_sft_entry, bare_data):
-    """The LoRA SFT checkpoint (adapters merged at registration) published on the live
-    endpoint gives the held-out answers its registration measured."""
-    from rayalign.registry import Registry
-    from rayalign.rewards import exact_match_reward
-    from serving.deploy import RegistryWatch
-
-    Registry(endpoint.registry).register(lora_sft_entry)
-    assert RegistryWatch(endpoint.config).sync() == ([lora_sft_entry.name], [])
     try:
+        assert added == [name] and removed == []
+        assert not errors, errors
+        assert len(results) >= 2, "the stream did not overlap the publication"
+        assert all(finish == "length" for _, finish in results), results
         deadline = time.time() + 10  # the ingress refreshes its model list every second
-        while lora_sft_entry.name not in {m.id for m in client.models.list().data}:
-            assert time.time() < deadline, "the LoRA checkpoint never appeared in /v1/models"
+        while name not in {m.id for m in client.models.list().data}:
+            assert time.time() < deadline, "the published model never appeared in /v1/models"
             time.sleep(0.5)
         rows = read_jsonl(bare_data / "prompts_test.jsonl")
         correct = 0
         for row in rows:
             reply = client.chat.completions.create(
-                model=lora_sft_entry.name, messages=row["prompt"], max_tokens=16, temperature=0
+                model=name, messages=row["prompt"], max_tokens=16, temperature=0
             )
             correct += exact_match_reward(reply.choices[0].message.content, row["ground_truth"])
         accuracy = correct / len(rows)
         print(f"served LoRA checkpoint: held-out exact match {accuracy:.2f}")
         assert abs(accuracy - lora_sft_entry.metrics["heldout_accuracy"]) <= 0.04
+        _remove_while_requests_race(endpoint, client, http, name)
     finally:  # the endpoint is shared by the package
-        Registry(endpoint.registry).remove(lora_sft_entry.name)
-        RegistryWatch(endpoint.config).sync()
+        if name in Registry(endpoint.registry).entries():
+            Registry(endpoint.registry).remove(name)
+            RegistryWatch(endpoint.config).sync()
 
 
 def _remove_while_requests_race(endpoint, client, http, name: str) -> None:
