@@ -180,3 +180,30 @@ def test_serve_cli_refuses_an_open_host_before_starting_anything(tmp_path, capsy
     Registry(tmp_path).register(RegistryEntry("base", "base", "chat", "/ckpt/base"))
     assert main(["serve", "--registry", str(tmp_path), "--host", "0.0.0.0"]) == 2
     assert "without an API key" in capsys.readouterr().err
+
+
+def test_a_cpu_replica_asks_vllm_for_its_in_process_worker(tiny_model, monkeypatch):
+    """A CPU chat app's replica environment turns the worker in process on, and the engine
+    init callback then asks vLLM for its in-process executor (ray.serve.llm alone asks for
+    the multiprocessing one, one more spawned process per engine); unset, nothing changes."""
+    import asyncio
+
+    from serving.config import ChatModelOptions
+    from serving.model_apps import llm_config
+    from serving.ray_llm_adapter import IN_PROCESS_WORKER_ENV, EngineInitCallback
+
+    def backend(env_value: str | None) -> str:
+        config = llm_config("m", str(tiny_model), ChatModelOptions())
+        if env_value is None:
+            monkeypatch.delenv(IN_PROCESS_WORKER_ENV, raising=False)
+        else:
+            monkeypatch.setenv(IN_PROCESS_WORKER_ENV, env_value)
+        asyncio.run(EngineInitCallback(config).on_before_node_init())
+        return config.get_engine_config().get_initialization_kwargs()[
+            "distributed_executor_backend"
+        ]
+
+    env = llm_config("m", str(tiny_model), ChatModelOptions()).runtime_env["env_vars"]
+    assert env[IN_PROCESS_WORKER_ENV] == "0"
+    assert backend(env[IN_PROCESS_WORKER_ENV]) == "uni"
+    assert backend(None) == "mp"
