@@ -1,5 +1,6 @@
 """Time until N chat engines serve, started together on one local cluster: rayalign's
-engine init callback (no per-node "download" task for a checkpoint on disk) against
+engine init callback (no per-node "download" task for a checkpoint on disk; on CPU, vLLM's
+worker inside the engine-core process, not a spawned process of its own) against
 `ray.serve.llm`'s default initialisation of the same `LLMConfig`s, in the same run.
 
 Each round deploys N applications of the same checkpoint at once, waits until every one
