@@ -33,7 +33,7 @@ ABOUT = {
     "parallel_stages": "Training steps/s of the `small` model: one process with two torch "
     "threads against two one-thread processes side by side (the demo's two stages at once).",
     "serve_startup": "Seconds until N chat engines started together all serve: rayalign's "
-    "engine init callback (no per-node download task for a checkpoint on disk) against "
+    "engine init callback (no per-node download task for a checkpoint on disk; on CPU, vLLM's worker in the engine-core process) against "
     "`ray.serve.llm`'s default initialisation of the same configs.",
     "offline_overhead": "rayalign's stage on Ray Train against the same TRL trainer run "
     "directly (end-to-end and train-loop samples/s), and two workers against one.",
