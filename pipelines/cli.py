@@ -20,8 +20,10 @@ from rayalign.logs import configure as configure_logging
 def _cmd_init_model(args: argparse.Namespace) -> None:
     from rayalign.models.factory import init_model
 
-    out = init_model(args.preset, args.out, seed=args.seed)
-    print(f"wrote {args.preset} model to {out}")
+    # Object storage (s3://...): written to a local folder, then uploaded.
+    with storage.local_folder_for(args.out) as local:
+        init_model(args.preset, local, seed=args.seed)
+    print(f"wrote {args.preset} model to {args.out}")
 
 
 def _cmd_data_make(args: argparse.Namespace) -> None:
@@ -210,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "init-model", help="write a random-weight model directory with a local tokenizer"
     )
     p.add_argument("--preset", default="tiny", help="tiny | small | medium")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory or storage URI (s3://...)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_init_model)
 

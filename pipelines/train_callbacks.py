@@ -46,11 +46,25 @@ class ReportCallback(TrainerCallback):
 
 class ResumableTensorBoard(TensorBoardCallback):
     """HF's TensorBoard logging, with the steps an earlier attempt logged after the
-    checkpoint this one resumes from cut away (`purge_step`): each step shows once."""
+    checkpoint this one resumes from cut away (`purge_step`): each step shows once.
 
-    def __init__(self, purge_step: int) -> None:
+    With the run in object storage the writer's files are local (`local_dir`); they are
+    uploaded to `upload_to` at each checkpoint, before it is reported, so that a stopped
+    attempt keeps the steps up to the checkpoint its rerun resumes from (and at the end,
+    by the stage)."""
+
+    def __init__(
+        self, purge_step: int, local_dir: str | None = None, upload_to: str | None = None
+    ) -> None:
         super().__init__()
         self.purge_step = purge_step
+        self.local_dir = local_dir
+        self.upload_to = upload_to
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.upload_to and state.is_world_process_zero and self.tb_writer is not None:
+            self.tb_writer.flush()
+            storage.upload(self.local_dir, self.upload_to)
 
     def _init_summary_writer(self, args) -> None:
         if self._SummaryWriter is not None:

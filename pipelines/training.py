@@ -102,16 +102,24 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
             f"{counts['total_params']:,.0f}" + (f" (LoRA r={config.lora.r})" if config.lora else "")
         )
     trainer.remove_callback(PrinterCallback)  # ProgressCallback prints a readable line instead
+    resume = resume_dir(ray.train.get_checkpoint())
+    if trainer.callback_handler.pop_callback(TensorBoardCallback) is not None:
+        # A fresh start (step 0) also drops what an attempt without a checkpoint logged.
+        # Added before ReportCallback: its upload at a checkpoint precedes the report.
+        step = resume_step(resume)
+        remote = local_tensorboard != tensorboard
+        trainer.add_callback(
+            ResumableTensorBoard(
+                purge_step=step + 1 if step else 0,
+                local_dir=local_tensorboard if remote else None,
+                upload_to=tensorboard if remote else None,
+            )
+        )
     trainer.add_callback(ReportCallback())
     if rank == 0:
         from pipelines.progress import ProgressCallback
 
         trainer.add_callback(ProgressCallback(stage.name))
-    resume = resume_dir(ray.train.get_checkpoint())
-    if trainer.callback_handler.pop_callback(TensorBoardCallback) is not None:
-        # A fresh start (step 0) also drops what an attempt without a checkpoint logged.
-        step = resume_step(resume)
-        trainer.add_callback(ResumableTensorBoard(purge_step=step + 1 if step else 0))
     if rank == 0:
         record_attempt(config.run_dir, resume, ctx.get_world_size())
     trainer.train(resume_from_checkpoint=resume)

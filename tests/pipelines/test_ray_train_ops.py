@@ -1,8 +1,8 @@
 """Ray Train operations: data parallelism, a killed worker, merging with the start.
 
 An interrupted driver and its rerun are tested where a user meets them: the pipeline
-runner's stage (tests/e2e/test_pipeline_run.py: epochs, logs and TensorBoard each step
-once) and a driver with its storage in a bucket (tests/e2e/test_s3_storage.py)."""
+runner's stages with their storage in a bucket (tests/e2e/test_pipeline_run.py: epochs,
+logs and TensorBoard each step once)."""
 
 from __future__ import annotations
 
