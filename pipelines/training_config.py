@@ -97,7 +97,7 @@ class StageConfig(Strict):
     trainer: dict[str, Any] = Field(
         default_factory=dict,
         description="More arguments of the stage's TRL config class (SFTConfig, DPOConfig, "
-        "KTOConfig, RewardConfig), e.g. {num_train_epochs: 2, gradient_checkpointing: true, "
+        "KTOConfig, RewardConfig), e.g. {num_train_epochs: 2, gradient_checkpointing: false, "
         "optim: adafactor}; checked against the class before any worker starts. The keys "
         "rayalign sets itself are listed at the end of this page.",
     )

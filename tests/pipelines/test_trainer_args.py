@@ -45,11 +45,11 @@ def test_owned_keys_are_real_fields_and_cover_what_rayalign_sets(name, arithmeti
     assert set(owned) <= fields
     config = _config(name, arithmetic_data)
     args = stage_args(recipe, config, str(tmp_path))
-    # Every argument rayalign passes is owned (refused in `trainer:`) or a default the user
-    # may change.
+    # Every argument rayalign passes is owned (refused in `trainer:`), a default the user
+    # may change, or the config file's own `trainer:` entry.
     from pipelines.trainer_inputs import DEFAULT_ARGS
 
-    assert set(args) <= set(owned) | set(DEFAULT_ARGS)
+    assert set(args) <= set(owned) | set(DEFAULT_ARGS) | set(config.trainer)
 
 
 @pytest.mark.parametrize(
