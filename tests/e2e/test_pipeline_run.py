@@ -33,7 +33,10 @@ from tests.s3_server import s3_server
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 RUNS = "s3://rayalign/runs"
-GRPO_STEPS = 10
+# The config's workload (16 prompts x 8 samples): about 0.5 s a step of the tiny model
+# here, so that the Ctrl-C after step 2's checkpoint lands well before the last step
+# (4-step runs of 4 x 2 samples took 0.15 s a step: a race on a faster machine).
+GRPO_STEPS = 30
 
 
 @pytest.fixture()
@@ -118,8 +121,6 @@ def _pipeline() -> dict:
                     "data.prompts=${storage}/data/prompts_train.jsonl",
                     "data.prompts_eval=null",
                     f"rl.steps={GRPO_STEPS}",
-                    "rl.prompts_per_step=4",
-                    "rl.group_size=2",
                     "rl.save_steps=2",
                     "rl.eval_steps=100",
                 ],
