@@ -1,6 +1,8 @@
 """Offline-stage overhead: rayalign's SFT and DPO stages on Ray Train against the same TRL
 trainer run directly in this process (what a user would write without us), and two Ray
 Train workers against one. Same model, data, batch and steps; medians of `--repeats`.
+The bare trainer also runs with TRL's own default, gradient checkpointing on, which the
+tiny configs turn off (`trainer:`): what that choice is worth on a small model.
 
 Two figures per run: end-to-end samples/s (wall time of the whole call: Ray start,
 worker group, data validation, checkpoint export, registry for rayalign; building the
@@ -118,6 +120,7 @@ def main() -> None:
         figures: dict[str, dict[str, float]] = {}
         for label, workers in [
             ("bare_trl", 1),
+            ("bare_trl_checkpointing", 1),
             ("rayalign_1_worker", 1),
             ("rayalign_2_workers", 2),
         ]:
@@ -132,7 +135,9 @@ def main() -> None:
                     args.steps,
                     workers,
                 )
-                if label == "bare_trl":
+                if label == "bare_trl_checkpointing":  # TRL's default
+                    config.trainer = {**config.trainer, "gradient_checkpointing": True}
+                if label.startswith("bare_trl"):
                     runs.append(bare_trl(stage, config))
                 else:
                     runs.append(rayalign_stage(stage, config))
@@ -154,6 +159,8 @@ def main() -> None:
                 "end_to_end_ratio_rayalign_vs_bare": one["end_to_end_samples_per_s"]
                 / bare["end_to_end_samples_per_s"],
                 "loop_ratio_2_vs_1_workers": two["loop_samples_per_s"] / one["loop_samples_per_s"],
+                "loop_ratio_no_checkpointing_vs_trl_default": bare["loop_samples_per_s"]
+                / figures["bare_trl_checkpointing"]["loop_samples_per_s"],
             }
         )
     write(

@@ -36,7 +36,8 @@ ABOUT = {
     "engine init callback (no per-node download task for a checkpoint on disk; on CPU, vLLM's worker in the engine-core process) against "
     "`ray.serve.llm`'s default initialisation of the same configs.",
     "offline_overhead": "rayalign's stage on Ray Train against the same TRL trainer run "
-    "directly (end-to-end and train-loop samples/s), and two workers against one.",
+    "directly (end-to-end and train-loop samples/s), two workers against one, and the bare "
+    "trainer without gradient checkpointing (the tiny configs) against TRL's default (on).",
     "soak": "The chat endpoint for N minutes under concurrent clients (chat, streaming, "
     "some hanging up mid-stream) while a second model is published and removed every "
     "minute: per-minute requests, errors, p50/p99 latency, and each process's memory at "
